@@ -1,0 +1,198 @@
+"""The two forward paths under test: fair-esm's padded forward and a reference packed one.
+
+``packed_forward`` reproduces ``esm.model.esm2.ESM2.forward`` step by step on a
+1-D token stream, with rotary positions reset at every ``cu_seqlens`` boundary.
+The only deliberate difference: rotary angles are computed in at least FP32
+(fair-esm computes them in the model dtype, a precision loss under FP16).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from esm.modules import gelu
+from esm.rotary_embedding import rotate_half
+
+from esmfuzz.attention import select_backend, varlen_attention
+from esmfuzz.packing import check_packed, pack, pad, position_ids, unpack
+
+__all__ = [
+    "DEFAULT_PACKED",
+    "DEFAULT_PADDED",
+    "ImplementationError",
+    "load_implementation",
+    "packed_forward",
+    "padded_forward",
+    "run_packed",
+    "run_padded",
+]
+
+DEFAULT_PADDED = "esmfuzz.forward:padded_forward"
+DEFAULT_PACKED = "esmfuzz.forward:packed_forward"
+
+_MASK_RATIO_TRAIN = 0.15 * 0.8
+
+
+class ImplementationError(RuntimeError):
+    """A user implementation that cannot be imported or breaks the forward contract."""
+
+
+def padded_forward(model, tokens: torch.Tensor, repr_layers: Iterable[int]):
+    """fair-esm's own forward on a [B, T] batch padded with ``<pad>``."""
+    return model(tokens, repr_layers=list(repr_layers))["representations"]
+
+
+def packed_forward(
+    model,
+    tokens: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    repr_layers: Iterable[int],
+    *,
+    backend: str = "auto",
+) -> dict[int, torch.Tensor]:
+    """ESM-2 on a packed [N] token stream; returns ``{layer: Tensor[N, D]}``."""
+    check_packed(tokens, cu_seqlens, max_seqlen)
+    weight = model.embed_tokens.weight
+    if tokens.device != weight.device or cu_seqlens.device != weight.device:
+        raise ImplementationError(
+            f"tokens are on {tokens.device} and cu_seqlens on {cu_seqlens.device}, "
+            f"but the model is on {weight.device}"
+        )
+    backend = select_backend(backend, weight.device, weight.dtype)
+    wanted = _check_layers(repr_layers, model.num_layers)
+    lengths = cu_seqlens.diff().long()
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=tokens.device), lengths)
+
+    x = model.embed_scale * model.embed_tokens(tokens)
+    if model.token_dropout:
+        is_mask = tokens == model.mask_idx
+        x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+        masked = torch.zeros_like(lengths).index_add_(0, segment, is_mask.long())
+        mask_ratio_observed = masked.to(x.dtype) / lengths
+        x = x * (1 - _MASK_RATIO_TRAIN) / (1 - mask_ratio_observed)[segment, None]
+
+    representations = {}
+    if 0 in wanted:
+        representations[0] = x
+    cos, sin = _rotary_tables(position_ids(cu_seqlens), model.layers[0].self_attn, weight.dtype)
+    for index, layer in enumerate(model.layers, start=1):
+        x = _transformer_layer(layer, x, cos, sin, cu_seqlens, max_seqlen, backend)
+        if index in wanted:
+            representations[index] = x
+    if model.num_layers in wanted:
+        representations[model.num_layers] = model.emb_layer_norm_after(x)
+    return representations
+
+
+def _transformer_layer(layer, x, cos, sin, cu_seqlens, max_seqlen, backend):
+    attn = layer.self_attn
+    tokens = x.shape[0]
+    residual = x
+    h = layer.self_attn_layer_norm(x)
+    q = attn.q_proj(h) * attn.scaling
+    k = attn.k_proj(h)
+    v = attn.v_proj(h)
+    q, k, v = (t.view(tokens, attn.num_heads, attn.head_dim) for t in (q, k, v))
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
+    x = residual + attn.out_proj(o.reshape(tokens, attn.embed_dim))
+    residual = x
+    h = gelu(layer.fc1(layer.final_layer_norm(x)))
+    return residual + layer.fc2(h)
+
+
+def _rotary_tables(positions: torch.Tensor, attn, dtype: torch.dtype):
+    """cos/sin [N, head_dim] in FP32 (FP64 for an FP64 model), from per-sequence positions."""
+    angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    dim = attn.head_dim
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+    inv_freq = inv_freq.to(device=positions.device, dtype=angle_dtype)
+    freqs = torch.outer(positions.to(angle_dtype), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().unsqueeze(1), emb.sin().unsqueeze(1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    wide = x.to(cos.dtype)
+    return ((wide * cos) + (rotate_half(wide) * sin)).to(x.dtype)
+
+
+def _check_layers(repr_layers: Iterable[int], num_layers: int) -> set[int]:
+    wanted = set(repr_layers)
+    bad = sorted(
+        (layer for layer in wanted if not isinstance(layer, int) or not 0 <= layer <= num_layers),
+        key=repr,
+    )
+    if bad:
+        raise ValueError(f"repr_layers={sorted(wanted, key=repr)!r}: {bad!r} not in 0..{num_layers}")
+    return wanted
+
+
+def load_implementation(spec: str | Callable, *, option: str = "implementation") -> Callable:
+    """Import ``module:function``; a callable passes through unchanged."""
+    if callable(spec):
+        return spec
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep or not module_name or not attr:
+        raise ImplementationError(f"{option}={spec!r} must have the form 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImplementationError(f"{option}={spec!r}: cannot import {module_name!r}: {exc}") from exc
+    target = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ImplementationError(f"{option}={spec!r}: {module_name!r} has no {attr!r}")
+    if not callable(target):
+        raise ImplementationError(f"{option}={spec!r} is a {type(target).__name__}, not callable")
+    return target
+
+
+def run_padded(
+    impl: Callable, model, alphabet, sequences: Sequence[str], layers: Iterable[int]
+) -> list[dict[int, torch.Tensor]]:
+    """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` with the padding cut off."""
+    layers = sorted(layers)
+    device = model.embed_tokens.weight.device
+    tokens = pad(sequences, alphabet).to(device)
+    with torch.inference_mode():
+        out = impl(model, tokens, layers)
+    lengths = [int(n) for n in tokens.ne(alphabet.padding_idx).sum(1)]
+    for layer in layers:
+        _check_output(out, layer, (len(sequences), tokens.shape[1], model.embed_dim), "padded", impl)
+    return [{layer: out[layer][i, :n] for layer in layers} for i, n in enumerate(lengths)]
+
+
+def run_packed(
+    impl: Callable, model, alphabet, sequences: Sequence[str], layers: Iterable[int], **kwargs
+) -> list[dict[int, torch.Tensor]]:
+    """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` cut from the packed output."""
+    layers = sorted(layers)
+    device = model.embed_tokens.weight.device
+    batch = pack(sequences, alphabet, device=device)
+    with torch.inference_mode():
+        out = impl(model, batch.tokens, batch.cu_seqlens, batch.max_seqlen, layers, **kwargs)
+    per_layer = {}
+    for layer in layers:
+        _check_output(out, layer, (batch.tokens.numel(), model.embed_dim), "packed", impl)
+        per_layer[layer] = unpack(out[layer], batch.cu_seqlens)
+    return [{layer: per_layer[layer][i] for layer in layers} for i in range(len(sequences))]
+
+
+def _check_output(out, layer: int, shape: tuple[int, ...], kind: str, impl: Callable) -> None:
+    name = f"{getattr(impl, '__module__', '?')}:{getattr(impl, '__qualname__', impl)}"
+    if not isinstance(out, dict):
+        raise ImplementationError(f"{kind} implementation {name} returned {type(out).__name__}, "
+                                  f"not a dict of layer -> tensor")
+    if layer not in out:
+        raise ImplementationError(f"{kind} implementation {name} returned layers "
+                                  f"{sorted(out)}, missing requested layer {layer}")
+    value = out[layer]
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ImplementationError(f"{kind} implementation {name} returned {got} for layer "
+                                  f"{layer}, expected shape {shape}")
