@@ -1,0 +1,115 @@
+"""The ``esmfuzz`` command: ``info`` and ``replay``.
+
+A thin layer over :mod:`esmfuzz.harness` and :mod:`esmfuzz.corpus`; nothing
+imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _config(args):
+    from esmfuzz.harness import Config, read_pyproject
+
+    values = dict(read_pyproject())
+    for key in ("model", "device", "dtype", "backend"):
+        if getattr(args, key, None):
+            values[key] = getattr(args, key)
+    return Config.from_mapping(values)
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from esmfuzz.attention import BACKENDS, backend_status, select_backend
+    from esmfuzz.models import estimate_memory, parse_dtype, parse_spec, resolve_device
+
+    config = _config(args)
+    device = resolve_device(config.device)
+    dtype = parse_dtype(config.dtype)
+    print(f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    print(f"fair-esm   {_version('fair-esm')}")
+    print(f"flash-attn {_version('flash-attn')}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device     {device} ({name})")
+    print(f"dtype      candidate {config.dtype}, oracle {config.oracle_dtype}")
+    print("backends")
+    status = backend_status(device, dtype)
+    for backend in BACKENDS:
+        reason = status[backend]
+        print(f"  {backend:<13}{'available' if reason is None else 'unavailable: ' + reason}")
+    chosen = select_backend(config.backend, device, dtype)
+    skipped = [b for b in BACKENDS[: BACKENDS.index(chosen)] if status[b] is not None]
+    why = f"first available of {', '.join(BACKENDS)}" + (
+        f" ({', '.join(skipped)} unavailable)" if skipped else "")
+    print(f"  {config.backend} -> {chosen}" + (f": {why}" if config.backend == "auto" else ""))
+    spec = parse_spec(config.model)
+    oracle = parse_dtype(config.oracle_dtype, allowed=("float64", "float32"))
+    estimate = estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=oracle)
+    print(f"model      {spec.text} ({spec.kind})")
+    print(f"memory     {estimate.describe()}; {'fits' if estimate.fits else 'DOES NOT FIT'}")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from esmfuzz.attention import BackendUnavailable
+    from esmfuzz.corpus import load_corpus
+    from esmfuzz.harness import config_for_case, harness_for
+
+    root = Path(args.directory or _config(args).corpus)
+    cases, errors = load_corpus(root)
+    rows, failed = [], 0
+    for path, case in cases:
+        try:
+            harness = harness_for(config_for_case(case, device=args.device or "auto"))
+            verdict = harness.check(case.property, case.sequences, case.extra)
+        except BackendUnavailable as exc:
+            rows.append((path, case, "skipped", str(exc)))
+            continue
+        expected = case.status == "fixed"
+        if verdict.ok == expected:
+            outcome = "ok" if expected else "still open"
+        else:
+            outcome = "REGRESSED" if expected else "NOW PASSES (mark fixed)"
+            failed += 1
+        rows.append((path, case, outcome, f"{verdict.metric}={verdict.value:.5g}"))
+    print(f"{'case':<45}{'status':<8}{'result':<26}metric")
+    for path, case, outcome, detail in rows:
+        print(f"{case.property + '/' + path.stem:<45}{case.status:<8}{outcome:<26}{detail}")
+    for error in errors:
+        print(f"MALFORMED {error}")
+    print(f"{len(rows)} cases, {failed} unexpected, {len(errors)} malformed")
+    return 1 if failed or errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="esmfuzz", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="device, versions, backends, model and memory estimate")
+    replay = sub.add_parser("replay", help="re-run every corpus case and compare with its status")
+    replay.add_argument("directory", nargs="?", help="corpus directory (default from pyproject)")
+    for p in (info, replay):
+        p.add_argument("--device")
+    for key in ("model", "dtype", "backend"):
+        info.add_argument(f"--{key}")
+    args = parser.parse_args(argv)
+    try:
+        return {"info": cmd_info, "replay": cmd_replay}[args.command](args)
+    except (ValueError, RuntimeError) as exc:
+        print(f"esmfuzz: error: {exc}", file=sys.stderr)
+        return 2
+
+
