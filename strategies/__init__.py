@@ -1,0 +1,28 @@
+"""Hypothesis strategies for fuzzing ESM-2 inference: sequences, packed layouts,
+metamorphic variants and invalid input. See DESIGN.md, section "Strategies"."""
+
+from strategies.layouts import (
+    cu_seqlens_of,
+    metamorphic_pairs,
+    metamorphic_variants,
+    packing_layouts,
+)
+from strategies.sequences import (
+    INVALID_KINDS,
+    LENGTH_STRATA,
+    invalid_sequences,
+    protein_sequences,
+    stratum_of,
+)
+
+__all__ = [
+    "INVALID_KINDS",
+    "LENGTH_STRATA",
+    "cu_seqlens_of",
+    "invalid_sequences",
+    "metamorphic_pairs",
+    "metamorphic_variants",
+    "packing_layouts",
+    "protein_sequences",
+    "stratum_of",
+]

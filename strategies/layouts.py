@@ -1,0 +1,324 @@
+"""Strategies for packed batches (layouts) and metamorphic variants of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+from hypothesis.strategies import SearchStrategy
+
+from esmfuzz.alphabet import (
+    MAX_RESIDUES,
+    InvalidSequence,
+    residue_count,
+    split_residues,
+    validate_sequence,
+)
+from strategies._validation import _check_bool, _check_int, _check_strategy, _lazy
+from strategies.sequences import _sequences
+
+__all__ = [
+    "cu_seqlens_of",
+    "metamorphic_pairs",
+    "metamorphic_variants",
+    "packing_layouts",
+]
+
+_MAX_TOKENS_PER_SEQUENCE = MAX_RESIDUES + 2
+
+
+def cu_seqlens_of(layout: Sequence[str]) -> list[int]:
+    """Cumulative token offsets of a packed layout, from 0; each sequence adds <cls>/<eos>."""
+    offsets = [0]
+    for sequence in layout:
+        offsets.append(offsets[-1] + residue_count(sequence) + 2)
+    return offsets
+
+
+def _tokens(layout: Sequence[str]) -> int:
+    return sum(residue_count(s) + 2 for s in layout)
+
+
+def _fit(raw: Sequence[str], min_n: int, max_n: int, budget: int) -> list[str]:
+    """Keep the first ``max_n`` sequences, cutting residues off those that overflow ``budget``.
+
+    Three tokens stay reserved for each sequence still needed to reach ``min_n``;
+    callers pass ``len(raw) >= min_n`` and ``budget >= 3 * min_n``.
+    """
+    out: list[str] = []
+    left = budget
+    for sequence in raw[:max_n]:
+        reserve = 3 * max(0, min_n - len(out) - 1)
+        allowed = min(left - reserve - 2, MAX_RESIDUES)
+        if allowed < 1:
+            break
+        tokens = split_residues(sequence)
+        if len(tokens) > allowed:
+            sequence = "".join(tokens[:allowed])
+        out.append(sequence)
+        left -= residue_count(sequence) + 2
+    return out
+
+
+def _boundaries(
+    tile_sizes: Iterable[int], min_sequences: int, max_sequences: int, max_tokens: int
+) -> list[int]:
+    """Offsets t-1, t, t+1 for every multiple t of a tile size that a layout can reach."""
+    found = set()
+    for tile in tile_sizes:
+        for multiple in range(tile, max_tokens + 2, tile):
+            for offset in (multiple - 1, multiple, multiple + 1):
+                needed = -(-offset // _MAX_TOKENS_PER_SEQUENCE)
+                if (
+                    3 <= offset <= max_tokens
+                    and needed <= max_sequences
+                    and max_tokens - offset >= 3 * max(0, min_sequences - needed)
+                ):
+                    found.add(offset)
+    return sorted(found)
+
+
+def _split_tokens(total: int) -> list[int]:
+    """Split ``total >= 3`` tokens into as few sequences as possible, each 3..1024 tokens."""
+    count = -(-total // _MAX_TOKENS_PER_SEQUENCE)
+    base, extra = divmod(total, count)
+    return [base + (1 if i < extra else 0) for i in range(count)]
+
+
+def _land(layout: list[str], boundary: int) -> list[str]:
+    """Cut the sequence that spans ``boundary`` so that it ends exactly there, if it can."""
+    start = 0
+    for index, sequence in enumerate(layout):
+        end = start + residue_count(sequence) + 2
+        if end >= boundary:
+            if boundary - start - 2 >= 1:
+                tokens = split_residues(sequence)[: boundary - start - 2]
+                layout = [*layout[:index], "".join(tokens), *layout[index + 1 :]]
+            break
+        start = end
+    return layout
+
+
+@_lazy
+def packing_layouts(
+    *,
+    min_sequences: int = 1,
+    max_sequences: int = 16,
+    max_tokens: int = 4096,
+    sequences: SearchStrategy[str] | None = None,
+    tile_sizes: Iterable[int] = (64, 128, 256),
+    masks: bool = True,
+    rare: bool = True,
+) -> SearchStrategy[list[str]]:
+    """Lists of sequences to pack into one batch, in packing order.
+
+    Packed (varlen) attention fails at sequence boundaries, so besides plain mixes
+    the layouts include single sequences, 1-residue sequences, one long sequence
+    among many short ones, duplicates, and boundaries (``cu_seqlens_of`` entries)
+    placed exactly on t-1, t and t+1 for multiples t of ``tile_sizes``. Every
+    layout fits ``max_tokens`` (residues plus <cls>/<eos> each); sequences that
+    would overflow it are cut short. ``sequences`` replaces the built-in element
+    mix (boundaries are then placed by cutting a drawn sequence). Examples shrink
+    towards ``min_sequences`` sequences of one 'L' each.
+    """
+    _check_int("min_sequences", min_sequences, at_least=1)
+    _check_int("max_sequences", max_sequences, at_least=1)
+    if max_sequences < min_sequences:
+        raise InvalidArgument(
+            f"max_sequences={max_sequences!r} must be at least min_sequences={min_sequences!r}"
+        )
+    _check_int("max_tokens", max_tokens, at_least=3)
+    if max_tokens < 3 * min_sequences:
+        raise InvalidArgument(
+            f"max_tokens={max_tokens!r} must be at least 3 * min_sequences="
+            f"{3 * min_sequences} (each sequence takes at least 3 tokens)"
+        )
+    _check_strategy("sequences", sequences)
+    if isinstance(tile_sizes, (str, bytes)) or not isinstance(tile_sizes, Iterable):
+        raise InvalidArgument(f"tile_sizes={tile_sizes!r} must be a collection of ints")
+    tile_sizes = tuple(tile_sizes)
+    if not tile_sizes or any(
+        isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in tile_sizes
+    ):
+        raise InvalidArgument(
+            f"tile_sizes={tile_sizes!r} must be a non-empty collection of positive ints"
+        )
+    _check_bool("masks", masks)
+    _check_bool("rare", rare)
+
+    cap = min(MAX_RESIDUES, max_tokens - 2 - 3 * (min_sequences - 1))
+    if sequences is None:
+        tiny = _sequences(1, min(cap, 8), masks=masks, rare=rare, low_complexity=False)
+        elements = st.one_of(tiny, _sequences(1, cap, masks=masks, rare=rare))
+    else:
+        tiny = elements = sequences
+    # Per tile: its first multiple (where off-by-one bugs live) as often as all others.
+    per_tile = []
+    for tile in dict.fromkeys(tile_sizes):
+        reachable = _boundaries((tile,), min_sequences, max_sequences, max_tokens)
+        if reachable:
+            first = [b for b in reachable if b <= tile + 1] or reachable
+            per_tile.append(st.one_of(st.sampled_from(first), st.sampled_from(reachable)))
+    targets = st.one_of(per_tile) if per_tile else None
+
+    def fitted(min_n: int, max_n: int, budget: int, items=elements) -> SearchStrategy:
+        raw = st.lists(items, min_size=min_n, max_size=max_n)
+        return raw.map(lambda layout: _fit(layout, min_n, max_n, budget))
+
+    branches = [fitted(min_sequences, max_sequences, max_tokens)]
+
+    @st.composite
+    def on_boundary(draw: st.DrawFn) -> list[str]:
+        boundary = draw(targets)
+        if sequences is not None:
+            layout = draw(fitted(min_sequences, max_sequences, max_tokens))
+            return _land(layout, boundary)
+        needed = len(_split_tokens(boundary))
+        prefix = draw(fitted(0, max_sequences - needed, boundary - 3, tiny))
+        layout = list(prefix)
+        for size in _split_tokens(boundary - _tokens(prefix)):
+            layout.append(draw(_sequences(size - 2, size - 2, masks=masks, rare=rare)))
+        rest = max(0, min_sequences - len(layout))
+        suffix = draw(fitted(rest, max_sequences - len(layout), max_tokens - boundary))
+        return layout + suffix
+
+    if targets is not None:
+        branches.append(on_boundary())
+
+    @st.composite
+    def one_long_among_short(draw: st.DrawFn) -> list[str]:
+        most = max_sequences - 1
+        short = _sequences(1, min(cap, 10), masks=masks, rare=rare)
+        shorts = draw(fitted(min(most, max(min_sequences - 1, 3)), most, max_tokens - 3, short))
+        long_cap = min(MAX_RESIDUES, max_tokens - _tokens(shorts) - 2)
+        longest = max(residue_count(s) for s in shorts)
+        long_min = min(long_cap, max(longest + 1, 100))
+        long = draw(_sequences(long_min, long_cap, masks=masks, rare=rare))
+        position = draw(st.integers(0, len(shorts)))
+        return [*shorts[:position], long, *shorts[position:]]
+
+    @st.composite
+    def with_duplicate(draw: st.DrawFn) -> list[str]:
+        least = max(min_sequences - 1, 1)
+        raw = draw(st.lists(elements, min_size=least, max_size=max_sequences - 1))
+        copied = draw(st.integers(0, len(raw) - 1))
+        position = draw(st.integers(0, len(raw)))
+        raw.insert(position, raw[copied])
+        return _fit(raw, min_sequences, max_sequences, max_tokens)
+
+    if max_sequences >= 2:
+        if sequences is None and max_tokens >= 3 * max(min_sequences, 4):
+            branches.append(one_long_among_short())
+        branches.append(with_duplicate())
+    return st.one_of(branches)
+
+
+def _differ(sequence: str, *others: str) -> str:
+    """``sequence``, or the same length with its first residue changed to avoid ``others``."""
+    if sequence not in others:
+        return sequence
+    rest = "".join(split_residues(sequence)[1:])
+    return next(r + rest for r in "LAG" if r + rest not in others)
+
+
+def _check_layout(layout: object, target: object) -> list[str]:
+    if not isinstance(layout, (list, tuple)) or not layout:
+        raise InvalidArgument(f"layout={layout!r} must be a non-empty list of sequences")
+    for index, sequence in enumerate(layout):
+        try:
+            validate_sequence(sequence, name=f"layout[{index}]")
+        except InvalidSequence as error:
+            raise InvalidArgument(f"layout={layout!r} is not a valid layout: {error}") from None
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(layout):
+        raise InvalidArgument(
+            f"target={target!r} must be an index into layout (0..{len(layout) - 1})"
+        )
+    return list(layout)
+
+
+@_lazy
+def metamorphic_variants(
+    layout: Sequence[str], target: int, *, sequences: SearchStrategy[str] | None = None
+) -> SearchStrategy[tuple[list[str], int]]:
+    """Pairs ``(variant, index)``: ``layout`` with the target's neighbours replaced or reordered.
+
+    The target's outputs must not change, so any difference is a leak across a
+    packing boundary. ``variant[index] == layout[target]``, and no neighbour equals
+    the target, because attending to an identical copy cannot show a leak. A
+    replacement never has more residues than the neighbour it replaces, so the
+    token budget never grows; with ``sequences`` given, its draws are cut to fit.
+    With two or more sequences the variant always differs from ``layout``.
+    Examples shrink towards the original order with the next neighbour replaced
+    by a single 'L' (or 'A' or 'G', whichever differs from target and original).
+    """
+    layout = _check_layout(layout, target)
+    _check_strategy("sequences", sequences)
+    centre = layout[target]
+    if len(layout) == 1:
+        return st.just((layout, 0))
+
+    def replacement(draw: st.DrawFn, old: str) -> str:
+        size = residue_count(old)
+        if sequences is None:
+            new = draw(_sequences(1, size))
+        else:
+            new = "".join(split_residues(draw(sequences))[:size]) or "L"
+        return _differ(new, centre)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> tuple[list[str], int]:
+        items = list(layout)
+        for index, neighbour in enumerate(layout):
+            if index == target:
+                continue
+            if neighbour == centre or draw(st.booleans()):
+                items[index] = replacement(draw, neighbour)
+        order = draw(st.permutations(range(len(items))))
+        variant = [items[i] for i in order]
+        moved = order.index(target)
+        if variant == layout:
+            # Nothing changed: replace the next neighbour by the simplest different
+            # sequence, without further draws (extra draws would stall shrinking).
+            near = target + 1 if target + 1 < len(layout) else target - 1
+            variant[near] = _differ("L", centre, layout[near])
+        return variant, moved
+
+    return build()
+
+
+@_lazy
+def metamorphic_pairs(
+    *, min_sequences: int = 2, max_sequences: int = 8, max_tokens: int = 2048
+) -> SearchStrategy[tuple[list[str], int, list[str], int]]:
+    """Tuples ``(layout, target, variant, variant_target)`` for packing-leak tests.
+
+    The layout comes from :func:`packing_layouts`, with any neighbour equal to
+    the target changed in its first residue; the variant comes from
+    :func:`metamorphic_variants`. Examples shrink towards two one-residue
+    sequences, the target first, and a variant that replaces the other one.
+    """
+    _check_int("min_sequences", min_sequences, at_least=2)
+    _check_int("max_sequences", max_sequences, at_least=2)
+    if max_sequences < min_sequences:
+        raise InvalidArgument(
+            f"max_sequences={max_sequences!r} must be at least min_sequences={min_sequences!r}"
+        )
+    _check_int("max_tokens", max_tokens, at_least=3)
+    if max_tokens < 3 * min_sequences:
+        raise InvalidArgument(
+            f"max_tokens={max_tokens!r} must be at least 3 * min_sequences={3 * min_sequences}"
+        )
+    layouts = packing_layouts(
+        min_sequences=min_sequences, max_sequences=max_sequences, max_tokens=max_tokens
+    )
+
+    @st.composite
+    def build(draw: st.DrawFn) -> tuple[list[str], int, list[str], int]:
+        layout = draw(layouts)
+        target = draw(st.integers(0, len(layout) - 1))
+        layout = [s if i == target else _differ(s, layout[target]) for i, s in enumerate(layout)]
+        variant, moved = draw(metamorphic_variants(layout, target))
+        return layout, target, variant, moved
+
+    return build()
