@@ -1,0 +1,36 @@
+"""Shared fixtures of the unit tests: one synthetic cache and one model pair per session.
+
+The pair is built once (``model_pair`` caches it per process anyway) from a
+synthetic 8M checkpoint written into a session temporary directory, so no test
+touches the user's ``~/.cache/esmfuzz`` and nothing needs the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+SYNTHETIC_8M = "synthetic:esm2_t6_8M_UR50D"
+
+
+@pytest.fixture(scope="session")
+def esmfuzz_cache(tmp_path_factory):
+    """``$ESMFUZZ_CACHE`` pointed at a session temporary directory (restored afterwards)."""
+    path = tmp_path_factory.mktemp("esmfuzz-cache")
+    saved = os.environ.get("ESMFUZZ_CACHE")
+    os.environ["ESMFUZZ_CACHE"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("ESMFUZZ_CACHE", None)
+    else:
+        os.environ["ESMFUZZ_CACHE"] = saved
+
+
+@pytest.fixture(scope="session")
+def pair(esmfuzz_cache):
+    """The FP32 reference / FP16 candidate / FP64 oracle of the synthetic 8M model, on the CPU."""
+    from esmfuzz.models import model_pair
+
+    return model_pair(SYNTHETIC_8M, device="cpu", dtype="float16")
+
