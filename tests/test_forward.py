@@ -77,6 +77,15 @@ def check_reference_packed(pair, sequences):
     assert not bad, f"packed FP32 breaks the error-ratio rule at {bad[:5]}"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_cpu_thread():
+    """One intra-op thread: on a busy 2-core runner, OpenMP spin-waits made these 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def fp32_pair(pair):
     assert pair.oracle_dtype == torch.float64, pair.oracle_note
