@@ -54,7 +54,8 @@ def cmd_info(args) -> int:
     chosen = select_backend(config.backend, device, dtype)
     skipped = [b for b in BACKENDS[: BACKENDS.index(chosen)] if status[b] is not None]
     why = f"first available of {', '.join(BACKENDS)}" + (
-        f" ({', '.join(skipped)} unavailable)" if skipped else "")
+        f" ({', '.join(skipped)} unavailable)" if skipped else ""
+    )
     print(f"  {config.backend} -> {chosen}" + (f": {why}" if config.backend == "auto" else ""))
     spec = parse_spec(config.model)
     oracle = parse_dtype(config.oracle_dtype, allowed=("float64", "float32"))
@@ -111,5 +112,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"esmfuzz: error: {exc}", file=sys.stderr)
         return 2
-
-

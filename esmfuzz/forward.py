@@ -127,7 +127,9 @@ def _check_layers(repr_layers: Iterable[int], num_layers: int) -> set[int]:
         key=repr,
     )
     if bad:
-        raise ValueError(f"repr_layers={sorted(wanted, key=repr)!r}: {bad!r} not in 0..{num_layers}")
+        raise ValueError(
+            f"repr_layers={sorted(wanted, key=repr)!r}: {bad!r} not in 0..{num_layers}"
+        )
     return wanted
 
 
@@ -141,7 +143,9 @@ def load_implementation(spec: str | Callable, *, option: str = "implementation")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ImplementationError(f"{option}={spec!r}: cannot import {module_name!r}: {exc}") from exc
+        raise ImplementationError(
+            f"{option}={spec!r}: cannot import {module_name!r}: {exc}"
+        ) from exc
     target = module
     for part in attr.split("."):
         target = getattr(target, part, None)
@@ -163,7 +167,9 @@ def run_padded(
         out = impl(model, tokens, layers)
     lengths = [int(n) for n in tokens.ne(alphabet.padding_idx).sum(1)]
     for layer in layers:
-        _check_output(out, layer, (len(sequences), tokens.shape[1], model.embed_dim), "padded", impl)
+        _check_output(
+            out, layer, (len(sequences), tokens.shape[1], model.embed_dim), "padded", impl
+        )
     return [{layer: out[layer][i, :n] for layer in layers} for i, n in enumerate(lengths)]
 
 
@@ -186,13 +192,18 @@ def run_packed(
 def _check_output(out, layer: int, shape: tuple[int, ...], kind: str, impl: Callable) -> None:
     name = f"{getattr(impl, '__module__', '?')}:{getattr(impl, '__qualname__', impl)}"
     if not isinstance(out, dict):
-        raise ImplementationError(f"{kind} implementation {name} returned {type(out).__name__}, "
-                                  f"not a dict of layer -> tensor")
+        raise ImplementationError(
+            f"{kind} implementation {name} returned {type(out).__name__}, "
+            f"not a dict of layer -> tensor"
+        )
     if layer not in out:
-        raise ImplementationError(f"{kind} implementation {name} returned layers "
-                                  f"{sorted(out)}, missing requested layer {layer}")
+        raise ImplementationError(
+            f"{kind} implementation {name} returned layers "
+            f"{sorted(out)}, missing requested layer {layer}"
+        )
     value = out[layer]
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ImplementationError(f"{kind} implementation {name} returned {got} for layer "
-                                  f"{layer}, expected shape {shape}")
+        raise ImplementationError(
+            f"{kind} implementation {name} returned {got} for layer {layer}, expected shape {shape}"
+        )

@@ -64,11 +64,14 @@ class Config:
                 raise ValueError(f"{source}: unknown key {key!r}; known: {sorted(known)}")
         config = cls(**clean)
         parse_dtype(config.dtype, option=f"{source} dtype")
-        parse_dtype(config.oracle_dtype, option=f"{source} oracle-dtype",
-                    allowed=("float64", "float32"))
+        parse_dtype(
+            config.oracle_dtype, option=f"{source} oracle-dtype", allowed=("float64", "float32")
+        )
         if config.backend not in ("auto",) + BACKENDS:
-            raise ValueError(f"{source}: backend={config.backend!r} is not one of "
-                             f"{', '.join(('auto',) + BACKENDS)}")
+            raise ValueError(
+                f"{source}: backend={config.backend!r} is not one of "
+                f"{', '.join(('auto',) + BACKENDS)}"
+            )
         return config
 
 
@@ -88,8 +91,9 @@ class Harness:
 
     def __init__(self, config: Config):
         self.config = config
-        self.pair: ModelPair = model_pair(config.model, device=config.device, dtype=config.dtype,
-                                          oracle_dtype=config.oracle_dtype)
+        self.pair: ModelPair = model_pair(
+            config.model, device=config.device, dtype=config.dtype, oracle_dtype=config.oracle_dtype
+        )
         self.thresholds = config.thresholds
         self.backend = select_backend(config.backend, self.pair.device, self.pair.dtype)
         self._packed = load_implementation(config.packed_impl, option="packed_impl")
@@ -119,8 +123,14 @@ class Harness:
         impl = padded_forward if trusted else self._padded
         return run_padded(impl, model, self.pair.alphabet, sequences, layers)
 
-    def check(self, prop: str, sequences: Sequence[str], extra: Mapping | None = None,
-              *, layers: Sequence[int] | None = None) -> P.Verdict:
+    def check(
+        self,
+        prop: str,
+        sequences: Sequence[str],
+        extra: Mapping | None = None,
+        *,
+        layers: Sequence[int] | None = None,
+    ) -> P.Verdict:
         """Run property ``prop`` on one layout; a failure is re-run on every layer to explain it."""
         if prop not in P.PROPERTIES:
             raise ValueError(f"property={prop!r} is not one of {', '.join(P.PROPERTIES)}")
@@ -145,37 +155,45 @@ class Harness:
         if prop == "error_ratio":
             oracle = self.padded(pair.oracle, sequences, layers, trusted=True)
             tested = {}
-            models = [pair.candidate] + ([pair.reference] if pair.oracle is not pair.reference
-                                         else [])
+            models = [pair.candidate] + (
+                [pair.reference] if pair.oracle is not pair.reference else []
+            )
             for model in models:
                 dtype = model.embed_tokens.weight.dtype
                 baseline = self.padded(model, sequences, layers, trusted=True)
                 label = str(dtype)[6:]
                 tested[f"packed {label}"] = (self.packed(model, sequences, layers), baseline, dtype)
                 if self._padded is not padded_forward:
-                    tested[f"padded {label}"] = (self.padded(model, sequences, layers),
-                                                 baseline, dtype)
+                    tested[f"padded {label}"] = (
+                        self.padded(model, sequences, layers),
+                        baseline,
+                        dtype,
+                    )
             verdict = P.error_ratio(tested, oracle, th)
             verdict.notes.append(self.pair.oracle_note)
             return verdict
         if prop == "finite":
             last = pair.num_layers
             layers = sorted(set(layers) | {last})
-            reference = self._with_logits(pair.reference,
-                                          self.padded(pair.reference, sequences, layers,
-                                                      trusted=True))
+            reference = self._with_logits(
+                pair.reference, self.padded(pair.reference, sequences, layers, trusted=True)
+            )
             candidates = {
-                "packed": self._with_logits(pair.candidate,
-                                            self.packed(pair.candidate, sequences, layers)),
-                "padded": self._with_logits(pair.candidate,
-                                            self.padded(pair.candidate, sequences, layers)),
+                "packed": self._with_logits(
+                    pair.candidate, self.packed(pair.candidate, sequences, layers)
+                ),
+                "padded": self._with_logits(
+                    pair.candidate, self.padded(pair.candidate, sequences, layers)
+                ),
             }
             return P.finite(candidates, reference)
         if prop == "statistics":
             last = [pair.num_layers]
             reference = self.padded(pair.reference, sequences, last, trusted=True)
-            candidates = {"packed": self.packed(pair.candidate, sequences, last),
-                          "padded": self.padded(pair.candidate, sequences, last)}
+            candidates = {
+                "packed": self.packed(pair.candidate, sequences, last),
+                "padded": self.padded(pair.candidate, sequences, last),
+            }
             return P.statistics(candidates, reference, th, layer=pair.num_layers)
         return self._context(prop, sequences, extra, layers)
 
@@ -190,8 +208,9 @@ class Harness:
                 raise ValueError("isolation needs extra['variant'], the layout to compare with")
             other = _index(extra, "variant_target", len(variant))
             if variant[other] != sequences[target]:
-                raise ValueError(f"isolation: variant[{other}] is not the target sequence "
-                                 f"sequences[{target}]")
+                raise ValueError(
+                    f"isolation: variant[{other}] is not the target sequence sequences[{target}]"
+                )
             first = self.packed(model, sequences, layers)[target]
             second = self.packed(model, variant, layers)[other]
             ulps = self.thresholds.isolation_ulps
@@ -200,16 +219,29 @@ class Harness:
             return P.isolation(first, second, ulps=ulps, dtype=dtype, sequence=target)
         alone = self.padded(model, [sequences[target]], layers)[0]
         among = self.padded(model, sequences, layers)[target]
-        return P.isolation(among, alone, ulps=self.thresholds.padding_ulps, dtype=dtype,
-                           name="padding_invariance", sequence=target)
+        return P.isolation(
+            among,
+            alone,
+            ulps=self.thresholds.padding_ulps,
+            dtype=dtype,
+            name="padding_invariance",
+            sequence=target,
+        )
 
     def _with_logits(self, model, outputs: list[dict]) -> list[dict]:
         last = model.num_layers
         with torch.inference_mode():
             return [{**out, "logits": model.lm_head(out[last])} for out in outputs]
 
-    def case(self, prop: str, sequences: Sequence[str], extra: Mapping | None,
-             verdict: P.Verdict, *, status: str = "open") -> Case:
+    def case(
+        self,
+        prop: str,
+        sequences: Sequence[str],
+        extra: Mapping | None,
+        verdict: P.Verdict,
+        *,
+        status: str = "open",
+    ) -> Case:
         """The corpus record of a (shrunk) failing example."""
         return Case(
             property=prop,
@@ -217,8 +249,10 @@ class Harness:
             model=self.pair.spec.text,
             dtype=str(self.pair.dtype)[6:],
             backend=self.backend,
-            implementations={"packed": _name(self.config.packed_impl),
-                             "padded": _name(self.config.padded_impl)},
+            implementations={
+                "packed": _name(self.config.packed_impl),
+                "padded": _name(self.config.padded_impl),
+            },
             thresholds=self.thresholds.as_dict(),
             metrics={k: float(v) for k, v in verdict.metrics.items()},
             worst=dict(verdict.worst),
@@ -242,7 +276,7 @@ def _name(impl) -> str:
     return f"{impl.__module__}:{impl.__qualname__}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def harness_for(config: Config) -> Harness:
     """One harness per configuration and process (the model pair is cached below it too)."""
     return Harness(config)
@@ -253,11 +287,12 @@ def config_for_case(case: Case, *, device: str = "auto", base: Config | None = N
     base = base or Config()
     thresholds = {k: v for k, v in case.thresholds.items() if not math.isnan(v)}
     return dataclasses.replace(
-        base, model=case.model, device=device, dtype=case.dtype,
+        base,
+        model=case.model,
+        device=device,
+        dtype=case.dtype,
         backend=case.backend if case.backend in BACKENDS else "auto",
         packed_impl=case.implementations.get("packed", DEFAULT_PACKED),
         padded_impl=case.implementations.get("padded", DEFAULT_PADDED),
         thresholds=P.Thresholds.from_mapping(thresholds),
     )
-
-

@@ -161,8 +161,10 @@ def synthetic_checkpoint(name: str, seed: int = 0) -> Path:
         token_dropout=arch.token_dropout,
         arch="ESM-1b",
     )
-    body = {"cfg": {"model": cfg}, "model": {"encoder.sentence_encoder." + k: v
-                                            for k, v in state.items()}}
+    body = {
+        "cfg": {"model": cfg},
+        "model": {"encoder.sentence_encoder." + k: v for k, v in state.items()},
+    }
     _atomic_save({"model": regression}, regression_path)
     _atomic_save(body, model_path)
     return model_path
@@ -182,7 +184,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 @contextlib.contextmanager
 def _weights_only():
-    """Force ``weights_only`` unpickling with the ESM-2 allow-list, whatever the environment says."""
+    """Force ``weights_only`` unpickling with the ESM-2 allow-list, whatever the environment."""
     saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",)}
     forced = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
@@ -212,7 +214,11 @@ def load_checkpoint(path: Path | str):
             else:
                 data = torch.load(str(path), map_location="cpu")
                 _check_fair_esm(data, path)
-                reg = torch.load(str(regression), map_location="cpu") if regression.is_file() else None
+                reg = (
+                    torch.load(str(regression), map_location="cpu")
+                    if regression.is_file()
+                    else None
+                )
                 model, alphabet = esm.pretrained.load_model_and_alphabet_core(
                     path.stem if path.stem.startswith("esm2") else f"esm2_{path.stem}", data, reg
                 )
@@ -223,10 +229,12 @@ def load_checkpoint(path: Path | str):
         if found:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} needs {found.group(1)} to unpickle, which is not on "
-                f"esmfuzz's allow-list ({', '.join(g.__module__ + '.' + g.__qualname__ for g in _SAFE_GLOBALS)}); "
+                f"esmfuzz's allow-list ({_allowed()}); "
                 f"esmfuzz will not run arbitrary code from a checkpoint"
             ) from None
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a torch checkpoint: {exc}") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a torch checkpoint: {exc}"
+        ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         if "state_dict" in str(exc):
             raise CheckpointError(
@@ -246,6 +254,10 @@ def load_checkpoint(path: Path | str):
     return model.eval(), alphabet
 
 
+def _allowed() -> str:
+    return ", ".join(f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS)
+
+
 def _check_fair_esm(data, path: Path) -> None:
     if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
         keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
@@ -260,8 +272,10 @@ def _hub_checkpoint(name: str) -> Path:
     model_path = folder / f"{name}.pt"
     for url, target in (
         (f"{_DOWNLOAD}/models/{name}.pt", model_path),
-        (f"{_DOWNLOAD}/regression/{name}-contact-regression.pt",
-         folder / f"{name}-contact-regression.pt"),
+        (
+            f"{_DOWNLOAD}/regression/{name}-contact-regression.pt",
+            folder / f"{name}-contact-regression.pt",
+        ),
     ):
         if target.is_file():
             continue
@@ -307,13 +321,17 @@ class MemoryEstimate:
     def fits(self) -> bool:
         return all(
             have is None or need <= have
-            for need, have in ((self.device_bytes, self.available_device),
-                               (self.host_bytes, self.available_host))
+            for need, have in (
+                (self.device_bytes, self.available_device),
+                (self.host_bytes, self.available_host),
+            )
         )
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in self.parts.items())
-        text = f"{self.parameters / 1e6:,.0f}M parameters; on {self.device}: {_gib(self.device_bytes)}"
+        text = (
+            f"{self.parameters / 1e6:,.0f}M parameters; on {self.device}: {_gib(self.device_bytes)}"
+        )
         text += f" ({parts})"
         if self.available_device is not None:
             text += f", {_gib(self.available_device)} free"
@@ -322,6 +340,10 @@ class MemoryEstimate:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def _maybe_gib(n: int | None) -> str:
+    return "unknown" if n is None else _gib(n)
 
 
 def _available(device: torch.device) -> int | None:
@@ -374,9 +396,13 @@ def estimate_memory(
     device_bytes = sum(parts.values())
     host_bytes = 2 * params * 4 if device.type != "cpu" else device_bytes + params * 4
     return MemoryEstimate(
-        params, str(device), device_bytes, host_bytes,
+        params,
+        str(device),
+        device_bytes,
+        host_bytes,
         _available(device) if device.type == "cuda" else None,
-        _available(torch.device("cpu")), parts,
+        _available(torch.device("cpu")),
+        parts,
     )
 
 
@@ -409,12 +435,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-           "float64": torch.float64}
+_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
 
 
-def parse_dtype(name: str | torch.dtype, *, option: str = "dtype",
-                allowed=("float16", "bfloat16", "float32")) -> torch.dtype:
+def parse_dtype(
+    name: str | torch.dtype, *, option: str = "dtype", allowed=("float16", "bfloat16", "float32")
+) -> torch.dtype:
     if isinstance(name, torch.dtype):
         name = str(name)[6:]
     if name not in allowed:
@@ -456,20 +487,32 @@ def model_pair(
         raise InsufficientMemory(
             f"model {spec.text!r} needs about {_gib(estimate.device_bytes)} on {device} and "
             f"{_gib(estimate.host_bytes)} of host memory to load; available: device "
-            f"{_gib(estimate.available_device) if estimate.available_device is not None else 'n/a'}"
-            f", host {_gib(estimate.available_host) if estimate.available_host is not None else 'n/a'}"
+            f"{_maybe_gib(estimate.available_device)}, host {_maybe_gib(estimate.available_host)}"
             f". Use a smaller model, --esm-oracle-dtype float32, or another device."
         )
     model, alphabet = load_model(spec)
     copies = {}
-    for role, role_dtype in (("reference", torch.float32), ("candidate", dtype),
-                             ("oracle", want_oracle)):
+    for role, role_dtype in (
+        ("reference", torch.float32),
+        ("candidate", dtype),
+        ("oracle", want_oracle),
+    ):
         if role_dtype == torch.float32 and "reference" in copies:
             copies[role] = copies["reference"]
             continue
         copies[role] = copy.deepcopy(model).to(device=device, dtype=role_dtype).eval()
     del model
-    pair = ModelPair(spec, device, alphabet, copies["reference"], copies["candidate"],
-                     copies["oracle"], dtype, want_oracle, note, estimate)
+    pair = ModelPair(
+        spec,
+        device,
+        alphabet,
+        copies["reference"],
+        copies["candidate"],
+        copies["oracle"],
+        dtype,
+        want_oracle,
+        note,
+        estimate,
+    )
     _PAIRS[key] = pair
     return pair

@@ -30,9 +30,9 @@ _OPTIONS = {
     "device": "auto, cpu, cuda or cuda:N",
     "dtype": "candidate dtype: float16, bfloat16 or float32",
     "oracle-dtype": "error-ratio oracle dtype: float64 (falls back to float32 if it does not fit) "
-                    "or float32",
+    "or float32",
     "backend": "attention backend of the reference packed forward: auto, flash-attn, "
-               "torch-varlen or sdpa",
+    "torch-varlen or sdpa",
     "packed-impl": "packed forward under test, module:function",
     "padded-impl": "padded forward under test, module:function",
     "corpus": "corpus directory where shrunk failures are saved and replayed from",
@@ -40,13 +40,19 @@ _OPTIONS = {
 
 
 def _register_profiles() -> None:
-    common = {"deadline": None, "print_blob": True,
-              "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+    common = {
+        "deadline": None,
+        "print_blob": True,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    }
     settings.register_profile("ci", max_examples=6, derandomize=True, database=None, **common)
     settings.register_profile("dev", max_examples=40, **common)
     settings.register_profile(
-        "soak", max_examples=10**9, database=DirectoryBasedExampleDatabase(".hypothesis/examples"),
-        phases=list(Phase), **common,
+        "soak",
+        max_examples=10**9,
+        database=DirectoryBasedExampleDatabase(".hypothesis/examples"),
+        phases=list(Phase),
+        **common,
     )
 
 
@@ -56,13 +62,28 @@ _register_profiles()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("esmfuzz", "esmfuzz: fuzzing ESM-2 inference")
     for name, text in _OPTIONS.items():
-        group.addoption(f"--esm-{name}", dest=f"esm_{name.replace('-', '_')}", default=None,
-                        help=f"{text} (default from [tool.esmfuzz])")
-    group.addoption("--esm-threshold", dest="esm_threshold", action="append", default=[],
-                    metavar="NAME=VALUE", help="override one threshold, e.g. token_cosine=0.9")
-    group.addoption("--esm-profile", dest="esm_profile", default=None, choices=PROFILES,
-                    help="Hypothesis profile: ci (small, fixed seed), dev, soak "
-                         "(default: ci when $CI is set, else dev)")
+        group.addoption(
+            f"--esm-{name}",
+            dest=f"esm_{name.replace('-', '_')}",
+            default=None,
+            help=f"{text} (default from [tool.esmfuzz])",
+        )
+    group.addoption(
+        "--esm-threshold",
+        dest="esm_threshold",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one threshold, e.g. token_cosine=0.9",
+    )
+    group.addoption(
+        "--esm-profile",
+        dest="esm_profile",
+        default=None,
+        choices=PROFILES,
+        help="Hypothesis profile: ci (small, fixed seed), dev, soak "
+        "(default: ci when $CI is set, else dev)",
+    )
 
 
 def _config_from(pytest_config: pytest.Config) -> Config:
@@ -138,8 +159,15 @@ def stratum_of_layout(sequences) -> str:
     return stratum_of(max(residue_count(s) for s in sequences))
 
 
-def check_and_record(harness: Harness, recorder: FuzzRecorder, prop: str, sequences,
-                     extra: Mapping | None = None, *, stratum: str | None = None) -> Verdict:
+def check_and_record(
+    harness: Harness,
+    recorder: FuzzRecorder,
+    prop: str,
+    sequences,
+    extra: Mapping | None = None,
+    *,
+    stratum: str | None = None,
+) -> Verdict:
     """One fuzz example: check, report to Hypothesis, save the final shrunk failure."""
     stratum = stratum or stratum_of_layout(sequences)
     event(f"stratum={stratum}")
@@ -147,9 +175,15 @@ def check_and_record(harness: Harness, recorder: FuzzRecorder, prop: str, sequen
     try:
         verdict = harness.check(prop, sequences, extra)
     except Exception as exc:  # a crash of the implementation under test is a finding too
-        verdict = Verdict(prop, ok=False, metric="exception", value=float("nan"), threshold=0.0,
-                          margin=float("-inf"),
-                          violations=[line.rstrip() for line in traceback.format_exception_only(exc)])
+        verdict = Verdict(
+            prop,
+            ok=False,
+            metric="exception",
+            value=float("nan"),
+            threshold=0.0,
+            margin=float("-inf"),
+            violations=[line.rstrip() for line in traceback.format_exception_only(exc)],
+        )
     recorder.record(prop, stratum, verdict)
     if verdict.margin != float("inf") and verdict.margin == verdict.margin:
         target(max(-verdict.margin, -1e6), label=f"{prop} margin")
@@ -157,7 +191,9 @@ def check_and_record(harness: Harness, recorder: FuzzRecorder, prop: str, sequen
         return verdict
     message = verdict.message()
     if current_build_context().is_final:
-        path, created = save_case(harness.case(prop, sequences, extra, verdict), harness.config.corpus)
+        path, created = save_case(
+            harness.case(prop, sequences, extra, verdict), harness.config.corpus
+        )
         if created:
             recorder.saved.append(path)
         message += f"\ncorpus case: {path}{'' if created else ' (already in the corpus)'}"
@@ -193,8 +229,9 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
         test = given(sample=samples)(body)
         cases, _ = recorder.corpus()
         for _, case in cases:
-            if case.property == prop and (stratum is None
-                                          or stratum_of_layout(case.sequences) == stratum):
+            if case.property == prop and (
+                stratum is None or stratum_of_layout(case.sequences) == stratum
+            ):
                 test = example(sample=(list(case.sequences), dict(case.extra)))(test)
         test.hypothesis.inner_test._hypothesis_internal_add_digest = (
             f"{request.node.nodeid}".encode()
@@ -225,13 +262,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     for (prop, stratum), row in sorted(recorder.rows.items()):
         worst: Verdict = row["worst"]
         where = worst.worst.get("layer")
-        detail = (f"{worst.metric}={worst.value:.5g} vs {worst.threshold:g}"
-                  + (f" (layer {where})" if where is not None else ""))
+        detail = f"{worst.metric}={worst.value:.5g} vs {worst.threshold:g}" + (
+            f" (layer {where})" if where is not None else ""
+        )
         tr.write_line(f"{prop:<20}{stratum:<11}{row['examples']:>9}{row['failures']:>6}  {detail}")
     _, errors = recorder.corpus()
     for error in errors:
         tr.write_line(f"corpus error: {error}", red=True)
     for path in recorder.saved:
         tr.write_line(f"saved corpus case: {path}", yellow=True)
-
-

@@ -111,7 +111,9 @@ class Verdict:
     def message(self) -> str:
         head = f"property {self.property!r} "
         if self.ok:
-            return head + f"holds: worst {self.metric}={self.value:.6g} (threshold {self.threshold:g})"
+            return (
+                head + f"holds: worst {self.metric}={self.value:.6g} (threshold {self.threshold:g})"
+            )
         where = ", ".join(f"{k} {v}" for k, v in self.worst.items() if v is not None)
         lines = [
             head + f"violated: {self.metric}={self.value:.6g} against threshold "
@@ -132,8 +134,18 @@ class _Checks:
     def __init__(self, name: str):
         self.verdict = Verdict(name, ok=True)
 
-    def check(self, metric: str, value: float, threshold: float, *, at_least: bool,
-              layer=None, sequence=None, token=None, label: str = "") -> None:
+    def check(
+        self,
+        metric: str,
+        value: float,
+        threshold: float,
+        *,
+        at_least: bool,
+        layer=None,
+        sequence=None,
+        token=None,
+        label: str = "",
+    ) -> None:
         v = self.verdict
         if at_least:
             passed = value > threshold
@@ -146,17 +158,22 @@ class _Checks:
         if slack < v.margin or (not v.metric):
             v.margin, v.metric, v.value, v.threshold = slack, metric, value, threshold
             v.worst = {"layer": layer, "sequence": sequence, "token": token}
-        v.metrics[metric] = value if metric not in v.metrics else (
-            min(v.metrics[metric], value) if at_least else max(v.metrics[metric], value)
+        v.metrics[metric] = (
+            value
+            if metric not in v.metrics
+            else (min(v.metrics[metric], value) if at_least else max(v.metrics[metric], value))
         )
         if not passed:
             v.ok = False
             rel = ">" if at_least else "<="
             place = ", ".join(
-                f"{k} {x}" for k, x in (("layer", layer), ("sequence", sequence), ("token", token))
+                f"{k} {x}"
+                for k, x in (("layer", layer), ("sequence", sequence), ("token", token))
                 if x is not None
             )
-            v.violations.append(f"{label}{metric}={value:.6g} (needs {rel} {threshold:g}) at {place}")
+            v.violations.append(
+                f"{label}{metric}={value:.6g} (needs {rel} {threshold:g}) at {place}"
+            )
             if layer is not None and (v.first_layer is None or layer < v.first_layer):
                 v.first_layer = layer
 
@@ -164,22 +181,39 @@ class _Checks:
         return self.verdict
 
 
-def precision(candidate: Outputs, reference: Outputs, thresholds: Thresholds, *,
-              name: str = "precision") -> Verdict:
+def precision(
+    candidate: Outputs, reference: Outputs, thresholds: Thresholds, *, name: str = "precision"
+) -> Verdict:
     """Residue-mean cosine and per-token minimum cosine of every sequence and layer."""
     checks = _Checks(name)
     for s, (cand, ref) in enumerate(zip(candidate, reference)):
         for layer in sorted(ref):
-            checks.check("sequence_cosine", metrics.sequence_cosine(cand[layer], ref[layer]),
-                         thresholds.sequence_cosine, at_least=True, layer=layer, sequence=s)
+            checks.check(
+                "sequence_cosine",
+                metrics.sequence_cosine(cand[layer], ref[layer]),
+                thresholds.sequence_cosine,
+                at_least=True,
+                layer=layer,
+                sequence=s,
+            )
             cos = metrics.token_cosine(cand[layer], ref[layer])
-            checks.check("token_cosine_min", float(cos.min()), thresholds.token_cosine,
-                         at_least=True, layer=layer, sequence=s, token=int(cos.argmin()))
+            checks.check(
+                "token_cosine_min",
+                float(cos.min()),
+                thresholds.token_cosine,
+                at_least=True,
+                layer=layer,
+                sequence=s,
+                token=int(cos.argmin()),
+            )
     return checks.done()
 
 
-def error_ratio(tested: Mapping[str, tuple[Outputs, Outputs, torch.dtype]], oracle: Outputs,
-                thresholds: Thresholds) -> Verdict:
+def error_ratio(
+    tested: Mapping[str, tuple[Outputs, Outputs, torch.dtype]],
+    oracle: Outputs,
+    thresholds: Thresholds,
+) -> Verdict:
     """Per path, sequence and layer: ``err(tested) <= k * err(baseline) + ulp floor``.
 
     ``tested`` maps a label (``packed float32``) to (tested outputs, same-dtype
@@ -197,10 +231,18 @@ def error_ratio(tested: Mapping[str, tuple[Outputs, Outputs, torch.dtype]], orac
                 floor = thresholds.ulp_floor * eps * float(ref[layer].abs().max())
                 # err <= k * err_base + floor  <=>  err / (err_base + floor / k) <= k
                 ratio = err / max(err_base + floor / thresholds.error_ratio, 1e-300)
-                checks.check("error_ratio", ratio, thresholds.error_ratio, at_least=False,
-                             layer=layer, sequence=s, label=f"{label}: ")
+                checks.check(
+                    "error_ratio",
+                    ratio,
+                    thresholds.error_ratio,
+                    at_least=False,
+                    layer=layer,
+                    sequence=s,
+                    label=f"{label}: ",
+                )
                 checks.verdict.metrics[f"max_error[{label}]"] = max(
-                    checks.verdict.metrics.get(f"max_error[{label}]", 0.0), err)
+                    checks.verdict.metrics.get(f"max_error[{label}]", 0.0), err
+                )
     return checks.done()
 
 
@@ -213,34 +255,54 @@ def finite(candidates: Mapping[str, Outputs], reference: Outputs) -> Verdict:
                 bad = ~torch.isfinite(cand[layer]) & torch.isfinite(ref[layer])
                 count = int(bad.sum())
                 token = int(bad.any(-1).nonzero()[0, 0]) if count else None
-                checks.check("non_finite", float(count), 0.0, at_least=False,
-                             layer=layer if isinstance(layer, int) else None, sequence=s,
-                             token=token, label=f"{label} {layer}: " if not isinstance(layer, int)
-                             else f"{label}: ")
+                checks.check(
+                    "non_finite",
+                    float(count),
+                    0.0,
+                    at_least=False,
+                    layer=layer if isinstance(layer, int) else None,
+                    sequence=s,
+                    token=token,
+                    label=f"{label} {layer}: " if not isinstance(layer, int) else f"{label}: ",
+                )
     return checks.done()
 
 
-def statistics(candidates: Mapping[str, Outputs], reference: Outputs, thresholds: Thresholds,
-               *, layer: int) -> Verdict:
+def statistics(
+    candidates: Mapping[str, Outputs], reference: Outputs, thresholds: Thresholds, *, layer: int
+) -> Verdict:
     """Distribution statistics of the final embedding: mean, spread, norms, outliers."""
     checks = _Checks("statistics")
     for label, outputs in candidates.items():
         for s, (cand, ref) in enumerate(zip(outputs, reference)):
             c, r = cand[layer], ref[layer]
             kw = {"layer": layer, "sequence": s, "at_least": False, "label": f"{label}: "}
-            checks.check("mean_abs_diff", metrics.mean_abs_diff(c, r), thresholds.mean_abs_diff, **kw)
+            checks.check(
+                "mean_abs_diff", metrics.mean_abs_diff(c, r), thresholds.mean_abs_diff, **kw
+            )
             checks.check("std_rel_diff", metrics.std_rel_diff(c, r), thresholds.std_rel_diff, **kw)
-            checks.check("l2_norm_rel_diff", metrics.l2_norm_rel_diff(c, r),
-                         thresholds.l2_norm_rel_diff, **kw)
+            checks.check(
+                "l2_norm_rel_diff",
+                metrics.l2_norm_rel_diff(c, r),
+                thresholds.l2_norm_rel_diff,
+                **kw,
+            )
             oc, orf = metrics.outlier_count(c), metrics.outlier_count(r)
-            checks.check("outlier_rel_diff", abs(oc - orf) / max(orf, 8),
-                         thresholds.outlier_rel_diff, **kw)
+            checks.check(
+                "outlier_rel_diff", abs(oc - orf) / max(orf, 8), thresholds.outlier_rel_diff, **kw
+            )
     return checks.done()
 
 
-def isolation(first: Mapping[int, torch.Tensor], second: Mapping[int, torch.Tensor],
-              *, ulps: float, dtype: torch.dtype, name: str = "isolation",
-              sequence: int | None = None) -> Verdict:
+def isolation(
+    first: Mapping[int, torch.Tensor],
+    second: Mapping[int, torch.Tensor],
+    *,
+    ulps: float,
+    dtype: torch.dtype,
+    name: str = "isolation",
+    sequence: int | None = None,
+) -> Verdict:
     """One sequence computed in two contexts must agree to within ``ulps`` at each layer."""
     checks = _Checks(name)
     eps = torch.finfo(dtype).eps
@@ -249,8 +311,15 @@ def isolation(first: Mapping[int, torch.Tensor], second: Mapping[int, torch.Tens
         diff = (a.to(torch.float64) - b.to(torch.float64)).abs()
         scale = eps * float(b.abs().max().clamp_min(torch.finfo(torch.float64).tiny))
         token = int(diff.max(-1).values.argmax())
-        checks.check("context_ulps", float(diff.max()) / scale, ulps, at_least=False,
-                     layer=layer, sequence=sequence, token=token)
+        checks.check(
+            "context_ulps",
+            float(diff.max()) / scale,
+            ulps,
+            at_least=False,
+            layer=layer,
+            sequence=sequence,
+            token=token,
+        )
     return checks.done()
 
 
@@ -261,6 +330,12 @@ def positions(batch: PackedBatch) -> Verdict:
     pos = batch.position_ids.tolist()
     for s, (start, end) in enumerate(zip(bounds, bounds[1:])):
         wrong = [t for t in range(start, end) if pos[t] != t - start]
-        checks.check("misplaced_positions", float(len(wrong)), 0.0, at_least=False,
-                     sequence=s, token=(wrong[0] - start) if wrong else None)
+        checks.check(
+            "misplaced_positions",
+            float(len(wrong)),
+            0.0,
+            at_least=False,
+            sequence=s,
+            token=(wrong[0] - start) if wrong else None,
+        )
     return checks.done()

@@ -6,6 +6,7 @@ from strategies.layouts import (
     metamorphic_pairs,
     metamorphic_variants,
     packing_layouts,
+    stratified_layouts,
 )
 from strategies.sequences import (
     INVALID_KINDS,
@@ -24,5 +25,6 @@ __all__ = [
     "metamorphic_variants",
     "packing_layouts",
     "protein_sequences",
+    "stratified_layouts",
     "stratum_of",
 ]

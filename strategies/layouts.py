@@ -23,6 +23,7 @@ __all__ = [
     "metamorphic_pairs",
     "metamorphic_variants",
     "packing_layouts",
+    "stratified_layouts",
 ]
 
 _MAX_TOKENS_PER_SEQUENCE = MAX_RESIDUES + 2
@@ -320,5 +321,44 @@ def metamorphic_pairs(
         layout = [s if i == target else _differ(s, layout[target]) for i, s in enumerate(layout)]
         variant, moved = draw(metamorphic_variants(layout, target))
         return layout, target, variant, moved
+
+    return build()
+
+
+@_lazy
+def stratified_layouts(
+    stratum: str, *, max_sequences: int = 8, max_tokens: int = 4096
+) -> SearchStrategy[list[str]]:
+    """Layouts whose longest sequence lies in one length stratum.
+
+    Errors grow with sequence length (rounding of rotary angles, longer softmax
+    sums), so fuzz targets run per stratum: one sequence of the stratum placed
+    anywhere among shorter packing neighbours from :func:`packing_layouts`.
+    Examples shrink towards that one sequence alone, at the stratum's shortest
+    length.
+    """
+    from strategies.sequences import LENGTH_STRATA, protein_sequences
+
+    if stratum not in LENGTH_STRATA:
+        raise InvalidArgument(f"stratum={stratum!r} must be one of {sorted(LENGTH_STRATA)}")
+    _check_int("max_sequences", max_sequences, at_least=1)
+    _check_int("max_tokens", max_tokens, at_least=_MAX_TOKENS_PER_SEQUENCE + 3)
+    longest = LENGTH_STRATA[stratum][1]
+    anchors = protein_sequences(stratum=stratum)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> list[str]:
+        anchor = draw(anchors)
+        room = max_tokens - residue_count(anchor) - 2
+        others: list[str] = []
+        if max_sequences > 1 and room >= 3:
+            drawn = draw(
+                st.one_of(
+                    st.just([]), packing_layouts(max_sequences=max_sequences - 1, max_tokens=room)
+                )
+            )
+            others = [s for s in drawn if residue_count(s) <= longest]
+        where = draw(st.integers(0, len(others)))
+        return [*others[:where], anchor, *others[where:]]
 
     return build()

@@ -1,0 +1,69 @@
+"""The property fuzz targets, one per oracle: ``pytest fuzz/`` is esmfuzz's main job.
+
+Each target hands a strategy of ``(sequences, extra)`` samples to the ``esm_fuzz``
+fixture, which checks the property through the session's harness, reports the
+margin to ``hypothesis.target``, saves the shrunk failure to the corpus, and
+runs the corpus cases of the same property first.
+"""
+
+import pytest
+
+from esmfuzz.alphabet import residue_count
+from strategies import (
+    LENGTH_STRATA,
+    metamorphic_pairs,
+    packing_layouts,
+    stratified_layouts,
+)
+
+STRATA = list(LENGTH_STRATA)
+
+
+def plain(layouts):
+    return layouts.map(lambda sequences: (sequences, {}))
+
+
+@pytest.mark.parametrize("stratum", STRATA)
+def test_precision(esm_fuzz, stratum):
+    esm_fuzz("precision", plain(stratified_layouts(stratum, max_sequences=4)), stratum=stratum)
+
+
+@pytest.mark.parametrize("stratum", STRATA)
+def test_packed_precision(esm_fuzz, stratum):
+    esm_fuzz("packed_precision", plain(stratified_layouts(stratum)), stratum=stratum)
+
+
+@pytest.mark.parametrize("stratum", STRATA)
+def test_error_ratio(esm_fuzz, stratum):
+    esm_fuzz("error_ratio", plain(stratified_layouts(stratum)), stratum=stratum)
+
+
+@pytest.mark.parametrize("stratum", STRATA)
+def test_finite(esm_fuzz, stratum):
+    esm_fuzz("finite", plain(stratified_layouts(stratum)), stratum=stratum)
+
+
+def test_statistics(esm_fuzz):
+    esm_fuzz("statistics", plain(packing_layouts(max_sequences=4, max_tokens=1024)))
+
+
+def test_isolation(esm_fuzz):
+    pairs = metamorphic_pairs(max_sequences=6, max_tokens=1024)
+    esm_fuzz(
+        "isolation",
+        pairs.map(lambda p: (p[0], {"target": p[1], "variant": p[2], "variant_target": p[3]})),
+    )
+
+
+def _shortest_among_longer(layout):
+    lengths = [residue_count(s) for s in layout]
+    return layout, {"target": lengths.index(min(lengths))}
+
+
+def test_padding_invariance(esm_fuzz):
+    layouts = packing_layouts(min_sequences=2, max_sequences=6, max_tokens=2048)
+    esm_fuzz("padding_invariance", layouts.map(_shortest_among_longer))
+
+
+def test_positions(esm_fuzz):
+    esm_fuzz("positions", plain(packing_layouts(max_sequences=64, max_tokens=8192)))
