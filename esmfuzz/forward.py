@@ -123,7 +123,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def _check_layers(repr_layers: Iterable[int], num_layers: int) -> set[int]:
     wanted = set(repr_layers)
     bad = sorted(
-        (layer for layer in wanted if not isinstance(layer, int) or not 0 <= layer <= num_layers),
+        (layer for layer in wanted if not _is_layer(layer, num_layers)),
         key=repr,
     )
     if bad:
@@ -131,6 +131,10 @@ def _check_layers(repr_layers: Iterable[int], num_layers: int) -> set[int]:
             f"repr_layers={sorted(wanted, key=repr)!r}: {bad!r} not in 0..{num_layers}"
         )
     return wanted
+
+
+def _is_layer(value: object, num_layers: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= num_layers
 
 
 def load_implementation(spec: str | Callable, *, option: str = "implementation") -> Callable:
@@ -148,9 +152,9 @@ def load_implementation(spec: str | Callable, *, option: str = "implementation")
         ) from exc
     target = module
     for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
+        if not hasattr(target, part):
             raise ImplementationError(f"{option}={spec!r}: {module_name!r} has no {attr!r}")
+        target = getattr(target, part)
     if not callable(target):
         raise ImplementationError(f"{option}={spec!r} is a {type(target).__name__}, not callable")
     return target

@@ -200,71 +200,61 @@ def _weights_only():
 
 
 def load_checkpoint(path: Path | str):
-    """Load a fair-esm ESM-2 checkpoint safely; return ``(model, alphabet)`` in FP32 on the CPU."""
+    """Load a fair-esm ESM-2 checkpoint safely; return ``(model, alphabet)`` in FP32 on the CPU.
+
+    fair-esm's local loader is ``torch.load`` of the checkpoint and its co-located
+    contact regression, then ``load_model_and_alphabet_core``. esmfuzz does the
+    two ``torch.load`` calls itself, to force ``weights_only`` with the allow-list
+    and to tell a corrupt file from a foreign one, and hands the data to fair-esm's
+    core, which builds the real ``ESM2`` and checks every key.
+    """
     import esm.pretrained
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     regression = Path(str(path.with_suffix("")) + "-contact-regression.pt")
+    data = _safe_load(path)
+    if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
+        keys = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a fair-esm ESM-2 checkpoint: expected top-level "
+            f"keys 'cfg' and 'model', found {keys}"
+        )
+    reg = _safe_load(regression) if regression.is_file() else None
+    name = path.stem if path.stem.startswith("esm2") else f"esm2_{path.stem}"
     try:
-        with _weights_only():
-            if path.stem.startswith("esm2") and regression.is_file():
-                model, alphabet = esm.pretrained.load_model_and_alphabet_local(str(path))
-            else:
-                data = torch.load(str(path), map_location="cpu")
-                _check_fair_esm(data, path)
-                reg = (
-                    torch.load(str(regression), map_location="cpu")
-                    if regression.is_file()
-                    else None
-                )
-                model, alphabet = esm.pretrained.load_model_and_alphabet_core(
-                    path.stem if path.stem.startswith("esm2") else f"esm2_{path.stem}", data, reg
-                )
-    except CheckpointError:
-        raise
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} needs {found.group(1)} to unpickle, which is not on "
-                f"esmfuzz's allow-list ({_allowed()}); "
-                f"esmfuzz will not run arbitrary code from a checkpoint"
-            ) from None
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is not a torch checkpoint: {exc}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        if "state_dict" in str(exc):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not match fair-esm's ESM-2 architecture: {exc}"
-            ) from None
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint: {exc}"
-        ) from None
-    except (KeyError, AttributeError, TypeError) as exc:
-        if isinstance(exc, KeyError) and isinstance(exc.args[0], str):
-            problem = f"it has no {exc.args[0]!r} entry"
-        else:
-            problem = f"it does not unpickle as one ({type(exc).__name__}: {exc})"
+        model, alphabet = esm.pretrained.load_model_and_alphabet_core(name, data, reg)
+    except (KeyError, AttributeError, TypeError, RuntimeError) as exc:
+        problem = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a fair-esm ESM-2 checkpoint: {problem}"
         ) from None
     return model.eval(), alphabet
 
 
+def _safe_load(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        with _weights_only():
+            return torch.load(str(path), map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if not found:
+            raise CheckpointError(f"checkpoint {str(path)!r} is not a torch checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} needs {found.group(1)} to unpickle, which is not on "
+            f"esmfuzz's allow-list ({_allowed()}); esmfuzz will not run arbitrary code from "
+            f"a checkpoint"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+
+
 def _allowed() -> str:
     return ", ".join(f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS)
-
-
-def _check_fair_esm(data, path: Path) -> None:
-    if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
-        keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is not a fair-esm ESM-2 checkpoint: expected top-level "
-            f"keys 'cfg' and 'model', found {keys}"
-        )
 
 
 def _hub_checkpoint(name: str) -> Path:

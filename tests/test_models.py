@@ -269,14 +269,7 @@ def test_truncated_checkpoint(esmfuzz_cache, tmp_path, name):
 @pytest.mark.parametrize("text", [
     "hello world\n",
     '{"model": "esm2"}\n',
-    pytest.param(
-        "these are not the weights you are looking for\n",
-        marks=pytest.mark.xfail(
-            raises=IndexError, strict=True,
-            reason="BUG esmfuzz/models.py load_checkpoint: torch's weights-only unpickler raises "
-                   "IndexError on this text and it escapes instead of becoming a CheckpointError",
-        ),
-    ),
+    "these are not the weights you are looking for\n",
 ])
 def test_text_file_is_not_a_checkpoint(tmp_path, text):
     target = tmp_path / "notes.pt"
