@@ -7,6 +7,7 @@ and attend only within each ``cu_seqlens`` segment.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +36,11 @@ def _why_not(backend: str, device: torch.device, dtype: torch.dtype) -> str | No
         return "the flash-attn package is not installed (pip install 'esmfuzz[flash]')"
     if backend == "torch-varlen":
         try:
-            from torch.nn.attention import varlen  # noqa: F401
+            from torch.nn.attention.varlen import varlen_attn
         except ImportError:
-            return f"torch {torch.__version__} has no torch.nn.attention.varlen (needs >= 2.10)"
+            return f"torch {torch.__version__} has no torch.nn.attention.varlen (needs >= 2.11)"
+        if "scale" not in inspect.signature(varlen_attn).parameters:
+            return f"torch {torch.__version__}'s varlen_attn takes no scale= (needs >= 2.11)"
     if device.type != "cuda":
         return f"it runs on CUDA only, and the device is {device}"
     if dtype not in _FLASH_DTYPES:

@@ -1,0 +1,34 @@
+"""Replay every corpus case as its own test: ``fixed`` must pass, ``open`` is a strict xfail."""
+
+from pathlib import Path
+
+import pytest
+
+from esmfuzz.attention import BackendUnavailable
+from esmfuzz.corpus import load_corpus
+from esmfuzz.harness import config_for_case, harness_for
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+_cases, _errors = load_corpus(CORPUS)
+
+
+def _param(path, case):
+    marks = []
+    if case.status == "open":
+        marks.append(pytest.mark.xfail(strict=True, reason=f"open case {case.id}"))
+    return pytest.param(case, id=f"{case.property}/{path.stem}", marks=marks)
+
+
+@pytest.mark.parametrize("case", [_param(p, c) for p, c in _cases])
+def test_corpus_case(case):
+    try:
+        harness = harness_for(config_for_case(case))
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    verdict = harness.check(case.property, case.sequences, case.extra)
+    assert verdict.ok, verdict.message()
+
+
+@pytest.mark.parametrize("error", _errors, ids=lambda e: str(getattr(e, "path", e)))
+def test_corpus_file_is_well_formed(error):
+    pytest.fail(str(error))
