@@ -101,6 +101,21 @@ def _land(layout: list[str], boundary: int) -> list[str]:
     return layout
 
 
+def _check_counts(min_sequences: int, max_sequences: int, max_tokens: int, *, fewest: int) -> None:
+    _check_int("min_sequences", min_sequences, at_least=fewest)
+    _check_int("max_sequences", max_sequences, at_least=fewest)
+    if max_sequences < min_sequences:
+        raise InvalidArgument(
+            f"max_sequences={max_sequences!r} must be at least min_sequences={min_sequences!r}"
+        )
+    _check_int("max_tokens", max_tokens, at_least=3)
+    if max_tokens < 3 * min_sequences:
+        raise InvalidArgument(
+            f"max_tokens={max_tokens!r} must be at least 3 * min_sequences="
+            f"{3 * min_sequences} (each sequence takes at least 3 tokens)"
+        )
+
+
 @_lazy
 def packing_layouts(
     *,
@@ -123,18 +138,7 @@ def packing_layouts(
     mix (boundaries are then placed by cutting a drawn sequence). Examples shrink
     towards ``min_sequences`` sequences of one 'L' each.
     """
-    _check_int("min_sequences", min_sequences, at_least=1)
-    _check_int("max_sequences", max_sequences, at_least=1)
-    if max_sequences < min_sequences:
-        raise InvalidArgument(
-            f"max_sequences={max_sequences!r} must be at least min_sequences={min_sequences!r}"
-        )
-    _check_int("max_tokens", max_tokens, at_least=3)
-    if max_tokens < 3 * min_sequences:
-        raise InvalidArgument(
-            f"max_tokens={max_tokens!r} must be at least 3 * min_sequences="
-            f"{3 * min_sequences} (each sequence takes at least 3 tokens)"
-        )
+    _check_counts(min_sequences, max_sequences, max_tokens, fewest=1)
     _check_strategy("sequences", sequences)
     if isinstance(tile_sizes, (str, bytes)) or not isinstance(tile_sizes, Iterable):
         raise InvalidArgument(f"tile_sizes={tile_sizes!r} must be a collection of ints")
@@ -299,17 +303,7 @@ def metamorphic_pairs(
     :func:`metamorphic_variants`. Examples shrink towards two one-residue
     sequences, the target first, and a variant that replaces the other one.
     """
-    _check_int("min_sequences", min_sequences, at_least=2)
-    _check_int("max_sequences", max_sequences, at_least=2)
-    if max_sequences < min_sequences:
-        raise InvalidArgument(
-            f"max_sequences={max_sequences!r} must be at least min_sequences={min_sequences!r}"
-        )
-    _check_int("max_tokens", max_tokens, at_least=3)
-    if max_tokens < 3 * min_sequences:
-        raise InvalidArgument(
-            f"max_tokens={max_tokens!r} must be at least 3 * min_sequences={3 * min_sequences}"
-        )
+    _check_counts(min_sequences, max_sequences, max_tokens, fewest=2)
     layouts = packing_layouts(
         min_sequences=min_sequences, max_sequences=max_sequences, max_tokens=max_tokens
     )
