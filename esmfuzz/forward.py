@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_PACKED",
     "DEFAULT_PADDED",
     "ImplementationError",
+    "PackedForward",
     "load_implementation",
     "packed_forward",
     "padded_forward",
@@ -44,80 +45,106 @@ def padded_forward(model, tokens: torch.Tensor, repr_layers: Iterable[int]):
     return model(tokens, repr_layers=list(repr_layers))["representations"]
 
 
-def packed_forward(
-    model,
-    tokens: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    max_seqlen: int,
-    repr_layers: Iterable[int],
-    *,
-    backend: str = "auto",
-) -> dict[int, torch.Tensor]:
-    """ESM-2 on a packed [N] token stream; returns ``{layer: Tensor[N, D]}``."""
-    check_packed(tokens, cu_seqlens, max_seqlen)
-    weight = model.embed_tokens.weight
-    if tokens.device != weight.device or cu_seqlens.device != weight.device:
-        raise ImplementationError(
-            f"tokens are on {tokens.device} and cu_seqlens on {cu_seqlens.device}, "
-            f"but the model is on {weight.device}"
-        )
-    backend = select_backend(backend, weight.device, weight.dtype)
-    wanted = _check_layers(repr_layers, model.num_layers)
-    lengths = cu_seqlens.diff().long()
-    segment = torch.repeat_interleave(torch.arange(len(lengths), device=tokens.device), lengths)
+class PackedForward:
+    """ESM-2 on a packed [N] token stream; calling it returns ``{layer: Tensor[N, D]}``.
 
-    x = model.embed_scale * model.embed_tokens(tokens)
-    if model.token_dropout:
-        is_mask = tokens == model.mask_idx
-        x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
-        masked = torch.zeros_like(lengths).index_add_(0, segment, is_mask.long())
-        mask_ratio_observed = masked.to(x.dtype) / lengths
-        x = x * (1 - _MASK_RATIO_TRAIN) / (1 - mask_ratio_observed)[segment, None]
+    One method per step of ``ESM2.forward``, so a variant (a faulty packed path
+    in the seeded-fault tests, or an experiment) overrides one step and keeps
+    the rest identical.
+    """
 
-    representations = {}
-    if 0 in wanted:
-        representations[0] = x
-    cos, sin = _rotary_tables(position_ids(cu_seqlens), model.layers[0].self_attn, weight.dtype)
-    for index, layer in enumerate(model.layers, start=1):
-        x = _transformer_layer(layer, x, cos, sin, cu_seqlens, max_seqlen, backend)
-        if index in wanted:
-            representations[index] = x
-    if model.num_layers in wanted:
-        representations[model.num_layers] = model.emb_layer_norm_after(x)
-    return representations
+    def __call__(
+        self,
+        model,
+        tokens: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        repr_layers: Iterable[int],
+        *,
+        backend: str = "auto",
+    ) -> dict[int, torch.Tensor]:
+        check_packed(tokens, cu_seqlens, max_seqlen)
+        weight = model.embed_tokens.weight
+        if tokens.device != weight.device or cu_seqlens.device != weight.device:
+            raise ImplementationError(
+                f"tokens are on {tokens.device} and cu_seqlens on {cu_seqlens.device}, "
+                f"but the model is on {weight.device}"
+            )
+        backend = select_backend(backend, weight.device, weight.dtype)
+        wanted = _check_layers(repr_layers, model.num_layers)
+        x = self.embed(model, tokens, cu_seqlens)
+        representations = {}
+        if 0 in wanted:
+            representations[0] = x
+        attn = model.layers[0].self_attn
+        cos, sin = self.rotary(self.positions(cu_seqlens), attn.head_dim, weight.dtype)
+        for index, layer in enumerate(model.layers, start=1):
+            x = self.layer(layer, x, cos, sin, cu_seqlens, max_seqlen, backend)
+            if index in wanted:
+                representations[index] = x
+        if model.num_layers in wanted:
+            representations[model.num_layers] = self.final_norm(model, x)
+        return representations
+
+    def embed(self, model, tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Embedding, with the token-dropout rescale by each sequence's own mask ratio."""
+        x = model.embed_scale * model.embed_tokens(tokens)
+        if model.token_dropout:
+            lengths = cu_seqlens.diff().long()
+            segment = torch.repeat_interleave(
+                torch.arange(len(lengths), device=tokens.device), lengths
+            )
+            is_mask = tokens == model.mask_idx
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            masked = torch.zeros_like(lengths).index_add_(0, segment, is_mask.long())
+            mask_ratio_observed = masked.to(x.dtype) / lengths
+            x = x * (1 - _MASK_RATIO_TRAIN) / (1 - mask_ratio_observed)[segment, None]
+        return x
+
+    def positions(self, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        return position_ids(cu_seqlens)
+
+    def rotary(self, positions: torch.Tensor, head_dim: int, dtype: torch.dtype):
+        """cos/sin [N, 1, head_dim] in FP32 (FP64 for an FP64 model)."""
+        angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        inv_freq = inv_freq.to(device=positions.device, dtype=angle_dtype)
+        freqs = torch.outer(positions.to(angle_dtype), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().unsqueeze(1), emb.sin().unsqueeze(1)
+
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        wide = x.to(cos.dtype)
+        return ((wide * cos) + (rotate_half(wide) * sin)).to(x.dtype)
+
+    def attention(self, q, k, v, cu_seqlens, max_seqlen, backend) -> torch.Tensor:
+        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu(x)
+
+    def layer(self, layer, x, cos, sin, cu_seqlens, max_seqlen, backend) -> torch.Tensor:
+        attn = layer.self_attn
+        tokens = x.shape[0]
+        residual = x
+        h = layer.self_attn_layer_norm(x)
+        q = attn.q_proj(h) * attn.scaling
+        k = attn.k_proj(h)
+        v = attn.v_proj(h)
+        q, k, v = (t.view(tokens, attn.num_heads, attn.head_dim) for t in (q, k, v))
+        q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        o = self.attention(q, k, v, cu_seqlens, max_seqlen, backend)
+        x = residual + attn.out_proj(o.reshape(tokens, attn.embed_dim))
+        residual = x
+        h = self.activation(layer.fc1(layer.final_layer_norm(x)))
+        return residual + layer.fc2(h)
+
+    def final_norm(self, model, x: torch.Tensor) -> torch.Tensor:
+        return model.emb_layer_norm_after(x)
 
 
-def _transformer_layer(layer, x, cos, sin, cu_seqlens, max_seqlen, backend):
-    attn = layer.self_attn
-    tokens = x.shape[0]
-    residual = x
-    h = layer.self_attn_layer_norm(x)
-    q = attn.q_proj(h) * attn.scaling
-    k = attn.k_proj(h)
-    v = attn.v_proj(h)
-    q, k, v = (t.view(tokens, attn.num_heads, attn.head_dim) for t in (q, k, v))
-    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-    o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
-    x = residual + attn.out_proj(o.reshape(tokens, attn.embed_dim))
-    residual = x
-    h = gelu(layer.fc1(layer.final_layer_norm(x)))
-    return residual + layer.fc2(h)
-
-
-def _rotary_tables(positions: torch.Tensor, attn, dtype: torch.dtype):
-    """cos/sin [N, head_dim] in FP32 (FP64 for an FP64 model), from per-sequence positions."""
-    angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    dim = attn.head_dim
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
-    inv_freq = inv_freq.to(device=positions.device, dtype=angle_dtype)
-    freqs = torch.outer(positions.to(angle_dtype), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().unsqueeze(1), emb.sin().unsqueeze(1)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    wide = x.to(cos.dtype)
-    return ((wide * cos) + (rotate_half(wide) * sin)).to(x.dtype)
+packed_forward = PackedForward()
+"""The reference packed forward: ``esmfuzz.forward:packed_forward``."""
 
 
 def _check_layers(repr_layers: Iterable[int], num_layers: int) -> set[int]:

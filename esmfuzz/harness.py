@@ -22,8 +22,8 @@ from esmfuzz.corpus import Case, environment
 from esmfuzz.forward import (
     DEFAULT_PACKED,
     DEFAULT_PADDED,
+    PackedForward,
     load_implementation,
-    packed_forward,
     padded_forward,
     run_packed,
     run_padded,
@@ -115,7 +115,7 @@ class Harness:
     def packed(self, model, sequences: Sequence[str], layers) -> list[dict]:
         dtype = model.embed_tokens.weight.dtype
         kwargs = {}
-        if self._packed is packed_forward:
+        if isinstance(self._packed, PackedForward):
             kwargs["backend"] = self._backend_for(dtype)
         return run_packed(self._packed, model, self.pair.alphabet, sequences, layers, **kwargs)
 
