@@ -87,19 +87,23 @@ class PackedForward:
         return representations
 
     def embed(self, model, tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        """Embedding, with the token-dropout rescale by each sequence's own mask ratio."""
         x = model.embed_scale * model.embed_tokens(tokens)
         if model.token_dropout:
-            lengths = cu_seqlens.diff().long()
-            segment = torch.repeat_interleave(
-                torch.arange(len(lengths), device=tokens.device), lengths
-            )
-            is_mask = tokens == model.mask_idx
-            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
-            masked = torch.zeros_like(lengths).index_add_(0, segment, is_mask.long())
-            mask_ratio_observed = masked.to(x.dtype) / lengths
-            x = x * (1 - _MASK_RATIO_TRAIN) / (1 - mask_ratio_observed)[segment, None]
+            x = self.zero_masks(model, x, tokens)
+            x = self.dropout_rescale(model, x, tokens, cu_seqlens)
         return x
+
+    def zero_masks(self, model, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return x.masked_fill((tokens == model.mask_idx).unsqueeze(-1), 0.0)
+
+    def dropout_rescale(self, model, x, tokens, cu_seqlens) -> torch.Tensor:
+        """Token dropout's 0.88 / (1 - mask ratio), the ratio of each sequence on its own."""
+        lengths = cu_seqlens.diff().long()
+        segment = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths)
+        is_mask = tokens == model.mask_idx
+        masked = torch.zeros_like(lengths).index_add_(0, segment, is_mask.long())
+        mask_ratio_observed = masked.to(x.dtype) / lengths
+        return x * (1 - _MASK_RATIO_TRAIN) / (1 - mask_ratio_observed)[segment, None]
 
     def positions(self, cu_seqlens: torch.Tensor) -> torch.Tensor:
         return position_ids(cu_seqlens)

@@ -7,6 +7,7 @@ any environment where esmfuzz is installed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import traceback
 from collections.abc import Callable, Mapping
@@ -143,11 +144,39 @@ class FuzzRecorder:
         return self._corpus_cache
 
     def record(self, prop: str, stratum: str, verdict: Verdict) -> None:
-        row = self.rows.setdefault((prop, stratum), {"examples": 0, "failures": 0, "worst": None})
+        row = self.rows.setdefault(
+            (prop, stratum), {"examples": 0, "failures": 0, "first_failure": None, "worst": None}
+        )
         row["examples"] += 1
         row["failures"] += not verdict.ok
+        if not verdict.ok and row["first_failure"] is None:
+            row["first_failure"] = row["examples"]
         if row["worst"] is None or verdict.margin < row["worst"].margin:
             row["worst"] = verdict
+
+    def report(self) -> dict:
+        """What ran, per property and stratum, as JSON-ready data (``--esm-report``)."""
+        rows = []
+        for (prop, stratum), row in sorted(self.rows.items()):
+            worst: Verdict = row["worst"]
+            rows.append(
+                {
+                    "property": prop,
+                    "stratum": stratum,
+                    "examples": row["examples"],
+                    "failures": row["failures"],
+                    "first_failure": row["first_failure"],
+                    "metric": worst.metric,
+                    "value": _json_float(worst.value),
+                    "threshold": _json_float(worst.threshold),
+                    "layer": worst.worst.get("layer"),
+                }
+            )
+        return {"profile": self.profile, "rows": rows, "saved": [str(p) for p in self.saved]}
+
+
+def _json_float(value: float) -> float | str:
+    return value if value == value and abs(value) != float("inf") else str(value)
 
 
 _RECORDER = pytest.StashKey[FuzzRecorder]()
@@ -245,6 +274,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     recorder = config.stash.get(_RECORDER, None)
     if recorder is None or not recorder.rows:
         return
+    report = config.getoption("esm_report")
+    if report:
+        Path(report).write_text(json.dumps(recorder.report(), indent=2, sort_keys=True) + "\n")
     tr = terminalreporter
     tr.section("esmfuzz summary")
     try:
