@@ -138,7 +138,12 @@ class Harness:
         extra = dict(extra or {})
         verdict = self._run(prop, sequences, extra, layers or self.layers)
         if not verdict.ok and layers is None and self.layers != self.all_layers:
-            verdict = self._run(prop, sequences, extra, self.all_layers)
+            explained = self._run(prop, sequences, extra, self.all_layers)
+            if explained.ok:
+                verdict.notes.append("the failure did not reproduce when re-run on every layer: "
+                                     "the implementation under test is not deterministic")
+                return verdict
+            verdict = explained
         return verdict
 
     def _run(self, prop, sequences, extra, layers) -> P.Verdict:

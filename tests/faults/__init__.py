@@ -1,0 +1,1 @@
+"""Seeded faults: faulty packed and padded forwards that the fuzz targets must catch."""
