@@ -46,6 +46,9 @@ class Config:
     packed_impl: str = DEFAULT_PACKED
     padded_impl: str = DEFAULT_PADDED
     corpus: str = "corpus"
+    pack_tokens: int = 1536
+    """Token budget of a generated pack: one very long sequence plus neighbours by default;
+    raise it (4096 and more) to reach positions where FP16/BF16 rounding shows."""
     thresholds: P.Thresholds = field(default_factory=P.Thresholds)
 
     @classmethod
@@ -58,6 +61,14 @@ class Config:
                 if not isinstance(value, Mapping):
                     raise ValueError(f"{source}: thresholds must be a table, got {value!r}")
                 clean[name] = P.Thresholds.from_mapping(value, source=f"{source}.thresholds")
+            elif name == "pack_tokens":
+                try:
+                    clean[name] = int(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{source}: pack-tokens={value!r} is not an int") from None
+                if clean[name] < 1027:
+                    raise ValueError(f"{source}: pack-tokens={value!r} must be at least 1027 "
+                                     f"(one 1022-residue sequence, <cls>, <eos>, one more)")
             elif name in known:
                 clean[name] = str(value)
             else:

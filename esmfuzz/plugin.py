@@ -37,6 +37,8 @@ _OPTIONS = {
     "packed-impl": "packed forward under test, module:function",
     "padded-impl": "padded forward under test, module:function",
     "corpus": "corpus directory where shrunk failures are saved and replayed from",
+    "pack-tokens": "token budget of a generated pack (default 1536; long packs reveal FP16 "
+    "position rounding)",
 }
 
 
@@ -76,6 +78,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="override one threshold, e.g. token_cosine=0.9",
+    )
+    group.addoption(
+        "--esm-report",
+        dest="esm_report",
+        default=None,
+        metavar="PATH",
+        help="write the per-property statistics of this run as JSON to PATH",
     )
     group.addoption(
         "--esm-profile",
@@ -136,6 +145,9 @@ class FuzzRecorder:
         self.profile = profile
         self.rows: dict[tuple[str, str], dict] = {}
         self.saved: list[Path] = []
+        self.unsaved: tuple | None = None
+        """The latest failing example not yet in the corpus: saved if the test ends failed
+        without a final (shrunk, reproduced) example, as with a flaky implementation."""
         self._corpus_cache: tuple[list[tuple[Path, Case]], list[CorpusError]] | None = None
 
     def corpus(self) -> tuple[list[tuple[Path, Case]], list[CorpusError]]:
@@ -219,7 +231,10 @@ def check_and_record(
     if verdict.ok:
         return verdict
     message = verdict.message()
-    if current_build_context().is_final:
+    if not current_build_context().is_final:
+        recorder.unsaved = (harness, prop, list(sequences), extra, verdict)
+    else:
+        recorder.unsaved = None
         path, created = save_case(
             harness.case(prop, sequences, extra, verdict), harness.config.corpus
         )
@@ -268,6 +283,25 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
         test()
 
     return run
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    report = outcome.get_result()
+    recorder = item.config.stash.get(_RECORDER, None)
+    if recorder is None or report.when != "call" or recorder.unsaved is None:
+        return
+    harness, prop, sequences, extra, verdict = recorder.unsaved
+    recorder.unsaved = None
+    if report.failed:
+        verdict.notes.append("saved unshrunk: the failure did not reproduce on the final run")
+        path, created = save_case(
+            harness.case(prop, sequences, extra, verdict), harness.config.corpus
+        )
+        if created:
+            recorder.saved.append(path)
+        report.sections.append(("esmfuzz", f"unreproducible failure saved to {path}"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

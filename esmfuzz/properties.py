@@ -108,6 +108,8 @@ class Verdict:
     violations: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    path: str = ""
+    """Which output the worst check looked at, e.g. ``packed float16``."""
 
     def message(self) -> str:
         head = f"property {self.property!r} "
@@ -118,7 +120,8 @@ class Verdict:
         where = ", ".join(f"{k} {v}" for k, v in self.worst.items() if v is not None)
         lines = [
             head + f"violated: {self.metric}={self.value:.6g} against threshold "
-            f"{self.threshold:g} at {where or 'the whole output'}",
+            f"{self.threshold:g} at {where or 'the whole output'}"
+            + (f" of the {self.path} output" if self.path else ""),
         ]
         if self.first_layer is not None:
             lines.append(f"first diverging layer: {self.first_layer}")
@@ -159,6 +162,7 @@ class _Checks:
         if slack < v.margin or (not v.metric):
             v.margin, v.metric, v.value, v.threshold = slack, metric, value, threshold
             v.worst = {"layer": layer, "sequence": sequence, "token": token}
+            v.path = label.rstrip(": ")
         v.metrics[metric] = (
             value
             if metric not in v.metrics

@@ -1,1 +1,94 @@
-"""Seeded faults: faulty packed and padded forwards that the fuzz targets must catch."""
+"""Seeded faults: faulty packed and padded forwards that the fuzz targets must catch.
+
+``FAULTS`` is the one table that the seeded-fault tests and the detection report
+(``benchmarks/detection.py``) both read: per fault, the pytest options that plug
+it in and the largest shrunk case (total residues) that counts as "small" for it.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    bug_class: str
+    options: tuple[str, ...]
+    max_residues: int = 64
+    """Bound on the shrunk case: most faults need only a residue or two per sequence;
+    faults that live past a tile or a length need that many residues."""
+    cpu: bool = True
+    """False where only a GPU run (long FP16 packs) can show the fault."""
+
+
+def _packed(name: str, *extra: str) -> tuple[str, ...]:
+    return ("--esm-packed-impl", f"tests.faults.packed:{name}", *extra)
+
+
+def _padded(name: str, *extra: str) -> tuple[str, ...]:
+    return ("--esm-padded-impl", f"tests.faults.padded:{name}", *extra)
+
+
+FAULTS = (
+    Fault("positions_run_on", "positions not reset", _packed("positions_run_on")),
+    Fault(
+        "rotary_table_over_stream",
+        "positions not reset + rotary in FP16",
+        _packed("rotary_table_over_stream"),
+    ),
+    Fault(
+        "leak_every_boundary",
+        "attention leak (cu_seqlens off by one)",
+        _packed("leak_every_boundary"),
+    ),
+    Fault(
+        "leak_past_first_tile",
+        "attention leak at some boundaries",
+        _packed("leak_past_first_tile"),
+        max_residues=128,
+    ),
+    Fault("leak_in_big_packs", "attention leak in big packs only", _packed("leak_in_big_packs")),
+    Fault(
+        "missing_token_dropout_rescale",
+        "token-dropout rescale missing",
+        _packed("missing_token_dropout_rescale"),
+    ),
+    Fault(
+        "mask_ratio_over_pack",
+        "<mask> handled differently (ratio over the pack)",
+        _packed("mask_ratio_over_pack"),
+    ),
+    Fault("mask_not_zeroed", "<mask> handled differently (not zeroed)", _packed("mask_not_zeroed")),
+    Fault(
+        "repr_layer_off_by_one", "representation layer off by one", _packed("repr_layer_off_by_one")
+    ),
+    Fault("final_norm_missing", "final layer norm missing", _packed("final_norm_missing")),
+    Fault("final_norm_twice", "final layer norm applied twice", _packed("final_norm_twice")),
+    Fault("tanh_gelu", "approximate GELU", _packed("tanh_gelu")),
+    Fault("eos_as_padding", "BOS/EOS handling differs", _packed("eos_as_padding")),
+    Fault(
+        "max_seqlen_too_small",
+        "max_seqlen smaller than the longest sequence",
+        _packed("max_seqlen_too_small"),
+    ),
+    Fault(
+        "silent_truncation",
+        "silent truncation of long sequences",
+        _packed("silent_truncation"),
+        max_residues=1100,
+    ),
+    Fault("low_precision_softmax", "low-precision softmax", _packed("low_precision_softmax")),
+    Fault(
+        "low_precision_accumulation",
+        "low-precision accumulation in attention",
+        _packed("low_precision_accumulation"),
+    ),
+    Fault(
+        "flaky_race", "one call in many differs (race)", _packed("flaky_race"), max_residues=2048
+    ),
+    Fault("pad_with_cls", "padding with <cls> instead of <pad>", _padded("pad_with_cls")),
+    Fault(
+        "padded_repr_layer_off_by_one",
+        "representation layer off by one (padded)",
+        _padded("repr_layer_off_by_one"),
+    ),
+)

@@ -107,8 +107,9 @@ class ReprLayerOffByOne(PackedForward):
     def __call__(self, model, tokens, cu_seqlens, max_seqlen, repr_layers, **kwargs):
         last = model.num_layers
         shifted = {layer: min(layer + 1, last) for layer in repr_layers}
-        out = super().__call__(model, tokens, cu_seqlens, max_seqlen, set(shifted.values()),
-                               **kwargs)
+        out = super().__call__(
+            model, tokens, cu_seqlens, max_seqlen, set(shifted.values()), **kwargs
+        )
         return {layer: out[source] for layer, source in shifted.items()}
 
 
@@ -139,7 +140,7 @@ class EosAsPadding(PackedForward):
     def attention(self, q, k, v, cu_seqlens, max_seqlen, backend):
         out = torch.empty_like(q)
         for start, end in _segments(cu_seqlens):
-            out[start:end] = _attend(q[start:end], k[start:end - 1], v[start:end - 1])
+            out[start:end] = _attend(q[start:end], k[start : end - 1], v[start : end - 1])
         return out
 
 
