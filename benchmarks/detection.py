@@ -53,7 +53,8 @@ def main() -> None:
     ]
     for fault in chosen:
         with tempfile.TemporaryDirectory() as tmp:
-            run = run_fuzz(fault.options, Path(tmp) / "full", extra=args.extra)
+            run = run_fuzz(fault.options, Path(tmp) / "full", select=fault.select,
+                           extra=args.extra)
             cosine = run_fuzz(fault.options, Path(tmp) / "cosine", select=COSINE_ONLY,
                               extra=args.extra)
         row = run.first_failing_row

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
     ids=lambda f: f.name,
 )
 def test_fault_is_caught_and_shrunk(fault, tmp_path):
-    run = run_fuzz(fault.options, tmp_path)
+    run = run_fuzz(fault.options, tmp_path, select=fault.select)
     assert run.caught, f"{fault.name} was not caught:\n{run.output[-3000:]}"
     case = run.smallest_case
     assert case is not None, f"{fault.name}: no corpus case written:\n{run.output[-3000:]}"

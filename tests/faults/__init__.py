@@ -18,6 +18,9 @@ class Fault:
     faults that live past a tile or a length need that many residues."""
     cpu: bool = True
     """False where only a GPU run (long FP16 packs) can show the fault."""
+    select: str | None = None
+    """A ``-k`` expression for faults that live in one length stratum only, so the run
+    goes straight to the targets that can show them."""
 
 
 def _packed(name: str, *extra: str) -> tuple[str, ...]:
