@@ -132,9 +132,9 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-_SYNTHETIC_VERSION = 2
+_SYNTHETIC_VERSION = 3
 """Bump whenever the synthetic weights change, so cached checkpoints are not reused."""
-_QK_SHARPEN = 3.0
+_QK_SHARPEN = 2.0
 
 
 def synthetic_checkpoint(name: str, seed: int = 0) -> Path:
