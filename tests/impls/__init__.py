@@ -1,0 +1,1 @@
+"""Packed forwards written for the plugin tests, independently of ``esmfuzz.forward``."""
