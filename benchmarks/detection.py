@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faults", nargs="*", help="names to run (default: all)")
     parser.add_argument("--extra", action="append", default=[], help="extra pytest option")
-    parser.add_argument("--out", help="markdown file to write (default: print)")
+    parser.add_argument("--out", help="markdown file, rewritten after every fault (default: print)")
     args = parser.parse_args()
     chosen = [f for f in FAULTS if not args.faults or f.name in args.faults]
     lines = [
@@ -67,11 +67,10 @@ def main() -> None:
         lines.append(f"| `{fault.name}` | {fault.bug_class} | {caught} | {first} | {shrunk} "
                      f"| {run.seconds:.0f} | {alone} |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
+        if args.out:
+            Path(args.out).write_text("\n".join(lines) + "\n")
+    if not args.out:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

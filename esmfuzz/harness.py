@@ -102,13 +102,13 @@ class Harness:
 
     def __init__(self, config: Config):
         self.config = config
+        self._packed = load_implementation(config.packed_impl, option="packed_impl")
+        self._padded = load_implementation(config.padded_impl, option="padded_impl")
         self.pair: ModelPair = model_pair(
             config.model, device=config.device, dtype=config.dtype, oracle_dtype=config.oracle_dtype
         )
         self.thresholds = config.thresholds
         self.backend = select_backend(config.backend, self.pair.device, self.pair.dtype)
-        self._packed = load_implementation(config.packed_impl, option="packed_impl")
-        self._padded = load_implementation(config.padded_impl, option="padded_impl")
         layers = self.pair.num_layers
         self.all_layers = list(range(layers + 1))
         self.layers = sorted({0, 1, layers // 2, layers})

@@ -7,6 +7,7 @@ any environment where esmfuzz is installed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import traceback
@@ -14,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, example, given, settings, target
+from hypothesis import HealthCheck, Phase, event, example, given, seed, settings, target
 from hypothesis.control import current_build_context
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -87,6 +88,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the per-property statistics of this run as JSON to PATH",
     )
     group.addoption(
+        "--esm-seed",
+        dest="esm_seed",
+        default=None,
+        type=int,
+        metavar="N",
+        help="fuzz with seed N (mixed with each test's id) instead of the profile's; "
+        "the ci profile is otherwise fixed",
+    )
+    group.addoption(
         "--esm-profile",
         dest="esm_profile",
         default=None,
@@ -97,21 +107,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _config_from(pytest_config: pytest.Config) -> Config:
-    values = dict(read_pyproject(pytest_config.rootpath))
+    """``[tool.esmfuzz]`` overridden by ``--esm-*``; every error names where the value came from.
+
+    The implementations are imported here too, so that a bad ``module:function`` is a
+    usage error before any model is loaded.
+    """
+    from esmfuzz.forward import ImplementationError, load_implementation
+
+    stored = dict(read_pyproject(pytest_config.rootpath))
+    given: dict[str, object] = {}
     for name in _OPTIONS:
-        given_value = pytest_config.getoption(f"esm_{name.replace('-', '_')}")
-        if given_value is not None:
-            values[name] = given_value
-    overrides = dict(values.pop("thresholds", {}) or {})
+        value = pytest_config.getoption(f"esm_{name.replace('-', '_')}")
+        if value is not None:
+            given[name] = value
+    overrides = {}
     for item in pytest_config.getoption("esm_threshold"):
         key, sep, value = item.partition("=")
         if not sep:
             raise pytest.UsageError(f"--esm-threshold {item!r} must be NAME=VALUE")
         overrides[key.strip()] = value.strip()
     try:
-        config = Config.from_mapping({**values, "thresholds": overrides})
+        Config.from_mapping(stored)
+        merged = {**stored, **given}
+        merged["thresholds"] = {**(stored.get("thresholds") or {}), **overrides}
+        config = Config.from_mapping(merged, source="--esm-* options")
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
+    for name in ("packed-impl", "padded-impl"):
+        option = f"--esm-{name}" if name in given else f"[tool.esmfuzz] {name}"
+        try:
+            load_implementation(getattr(config, name.replace("-", "_")), option=option)
+        except ImplementationError as exc:
+            raise pytest.UsageError(str(exc)) from None
     corpus = Path(config.corpus)
     if not corpus.is_absolute():
         corpus = pytest_config.rootpath / corpus
@@ -280,6 +307,10 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
         test.hypothesis.inner_test._hypothesis_internal_add_digest = (
             f"{request.node.nodeid}".encode()
         )
+        chosen = request.config.getoption("esm_seed")
+        if chosen is not None:
+            digest = hashlib.sha256(f"{chosen}:{request.node.nodeid}".encode()).digest()
+            test = seed(int.from_bytes(digest[:8], "big"))(test)
         test()
 
     return run

@@ -1,4 +1,10 @@
-"""Every seeded fault is caught by the real fuzz targets and shrunk to a small case."""
+"""The fuzz targets catch every seeded fault and shrink it, and report nothing on a correct one.
+
+Each test runs the real ``pytest fuzz/`` in a subprocess under the ``ci`` profile, the
+implementation plugged in by ``--esm-packed-impl``/``--esm-padded-impl``. CI runs the
+faults marked ``ci`` in ``tests.faults.FAULTS`` and one seed of the no-false-positive
+run; ``pytest -m slow tests/test_faults.py`` runs the rest.
+"""
 
 import pytest
 
@@ -6,13 +12,18 @@ from esmfuzz.alphabet import residue_count
 from tests.faults import FAULTS
 from tests.faults.run import run_fuzz
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
+CORRECT = ("--esm-packed-impl", "tests.impls.packed:independent_packed")
+SEEDS = (1, 2, 3, 4, 5)
+
+
+def _marks(fault):
+    return ([] if fault.ci else [pytest.mark.slow]) + ([] if fault.cpu else [pytest.mark.gpu])
 
 
 @pytest.mark.parametrize(
-    "fault",
-    [pytest.param(f, marks=[] if f.cpu else [pytest.mark.gpu]) for f in FAULTS],
-    ids=lambda f: f.name,
+    "fault", [pytest.param(f, marks=_marks(f)) for f in FAULTS], ids=lambda f: f.name
 )
 def test_fault_is_caught_and_shrunk(fault, tmp_path):
     run = run_fuzz(fault.options, tmp_path, select=fault.select)
@@ -22,3 +33,13 @@ def test_fault_is_caught_and_shrunk(fault, tmp_path):
     residues = sum(map(residue_count, case.sequences))
     assert len(case.sequences) <= 6 and residues <= fault.max_residues, case.sequences
     assert case.property in run.output and str(case.worst.get("layer")) in run.output
+
+
+@pytest.mark.parametrize(
+    "seed", [pytest.param(s, marks=[] if s == SEEDS[0] else [pytest.mark.slow]) for s in SEEDS]
+)
+def test_correct_implementation_reports_nothing(seed, tmp_path):
+    run = run_fuzz(CORRECT, tmp_path, extra=("--esm-seed", str(seed)))
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.cases == [] and not any(r["failures"] for r in run.report["rows"])
+    assert {r["property"] for r in run.report["rows"]} >= {"error_ratio", "isolation"}

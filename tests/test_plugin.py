@@ -23,6 +23,8 @@ import pytest
 from esmfuzz import cli
 from esmfuzz.corpus import load_corpus, set_status
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = REPO / "fuzz" / "test_properties.py"
 IMPLS = "tests.impls.packed"
@@ -75,7 +77,6 @@ def correct_run(tmp_path_factory, run_env):
     return root, done
 
 
-@pytest.mark.slow
 def test_correct_impl_passes_and_saves_nothing(correct_run):
     root, done = correct_run
     assert done.returncode == 0, done.stdout
@@ -84,7 +85,6 @@ def test_correct_impl_passes_and_saves_nothing(correct_run):
     assert "saved corpus case" not in done.stdout
 
 
-@pytest.mark.slow
 def test_summary_table_lists_the_properties(correct_run):
     _, done = correct_run
     summary = done.stdout.split("esmfuzz summary", 1)[1]
@@ -113,7 +113,6 @@ def leaky_runs(tmp_path_factory, run_env):
     return root, first, after_first, second, corpus_files(root)
 
 
-@pytest.mark.slow
 def test_leak_fails_with_a_precise_message(leaky_runs):
     _, first, _, _, _ = leaky_runs
     assert first.returncode == 1, first.stdout
@@ -124,7 +123,6 @@ def test_leak_fails_with_a_precise_message(leaky_runs):
     assert "1 failed" in out
 
 
-@pytest.mark.slow
 def test_leak_is_shrunk_into_one_small_corpus_case(leaky_runs):
     root, first, files, _, _ = leaky_runs
     assert [f.parent.name for f in files] == ["error_ratio"], files
@@ -141,7 +139,6 @@ def test_leak_is_shrunk_into_one_small_corpus_case(leaky_runs):
     assert case["metrics"]["error_ratio"] > 100
 
 
-@pytest.mark.slow
 def test_second_run_replays_the_case_and_writes_no_second_file(leaky_runs):
     _, _, after_first, second, after_second = leaky_runs
     assert second.returncode == 1, second.stdout
@@ -168,7 +165,6 @@ def replay(directory: Path, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_replay_open_case_still_fails(corpus_copy, capsys):
     code, out = replay(corpus_copy, capsys)
     assert code == 0, out
@@ -176,7 +172,6 @@ def test_replay_open_case_still_fails(corpus_copy, capsys):
     assert "1 cases, 0 unexpected, 0 malformed" in out
 
 
-@pytest.mark.slow
 def test_replay_fixed_case_that_fails_is_a_regression(corpus_copy, capsys):
     [(path, _)], errors = load_corpus(corpus_copy)
     assert errors == []
@@ -187,7 +182,6 @@ def test_replay_fixed_case_that_fails_is_a_regression(corpus_copy, capsys):
     assert "1 cases, 1 unexpected, 0 malformed" in out
 
 
-@pytest.mark.slow
 def test_replay_names_a_malformed_file_and_runs_the_rest(corpus_copy, capsys):
     bad = corpus_copy / "isolation" / "bad.json"
     bad.parent.mkdir()
@@ -207,12 +201,15 @@ def option_root(tmp_path_factory) -> Path:
     return _workdir(tmp_path_factory, "options")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "option, words",
     [
         (("--esm-dtype", "float8"), ["dtype='float8'", "float16, bfloat16, float32"]),
         (("--esm-threshold", "nosuch=1"), ["unknown threshold 'nosuch'", "token_cosine"]),
+        (
+            ("--esm-padded-impl", "no_such_module_xyz:forward"),
+            ["--esm-padded-impl='no_such_module_xyz:forward'", "cannot import"],
+        ),
     ],
 )
 def test_bad_option_is_a_usage_error(option_root, run_env, option, words):
@@ -224,7 +221,6 @@ def test_bad_option_is_a_usage_error(option_root, run_env, option, words):
         assert word in done.stdout
 
 
-@pytest.mark.slow
 def test_threshold_override_is_accepted(leaky_runs):
     root, first, files, _, _ = leaky_runs
     assert first.returncode == pytest.ExitCode.TESTS_FAILED  # not a usage error
@@ -236,17 +232,8 @@ def no_colon_run(option_root, run_env):
     return fuzz(option_root, run_env, "test_isolation", "--esm-packed-impl", "nocolon")
 
 
-@pytest.mark.slow
-def test_packed_impl_without_colon_is_refused(no_colon_run):
-    out = no_colon_run.stdout
-    assert no_colon_run.returncode != 0, out
-    assert "packed_impl='nocolon' must have the form 'module:function'" in out
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="esmfuzz validates --esm-packed-impl only when the "
-                   "harness is built: a fixture-setup error with a traceback, after the model "
-                   "pair has loaded, instead of a usage error")
 def test_packed_impl_without_colon_is_a_usage_error(no_colon_run):
-    assert no_colon_run.returncode == pytest.ExitCode.USAGE_ERROR, no_colon_run.stdout
-    assert "ERROR at setup" not in no_colon_run.stdout
+    out = no_colon_run.stdout
+    assert no_colon_run.returncode == pytest.ExitCode.USAGE_ERROR, out
+    assert "--esm-packed-impl='nocolon' must have the form 'module:function'" in out
+    assert "ERROR at setup" not in out and "Traceback" not in out
