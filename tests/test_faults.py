@@ -3,7 +3,7 @@
 Each test runs the real ``pytest fuzz/`` in a subprocess under the ``ci`` profile, the
 implementation plugged in by ``--esm-packed-impl``/``--esm-padded-impl``. CI runs the
 faults marked ``ci`` in ``tests.faults.FAULTS`` and one seed of the no-false-positive
-run; ``pytest -m slow tests/test_faults.py`` runs the rest.
+run; ``pytest tests/test_faults.py -m ""`` runs them all.
 """
 
 import pytest

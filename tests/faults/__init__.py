@@ -23,7 +23,7 @@ class Fault:
     goes straight to the targets that can show them."""
     ci: bool = False
     """In CI's fast subset: one fault per family that the first targets catch in seconds.
-    The others carry the ``slow`` mark (``pytest -m slow tests/test_faults.py``)."""
+    The others carry the ``slow`` mark; ``pytest tests/test_faults.py -m ""`` runs all."""
 
 
 def _packed(name: str, *extra: str) -> tuple[str, ...]:
