@@ -70,6 +70,8 @@ def cmd_replay(args) -> int:
     from esmfuzz.corpus import load_corpus
     from esmfuzz.harness import config_for_case, harness_for
 
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # implementations import as under `python -m`
     root = Path(args.directory or _config(args).corpus)
     cases, errors = load_corpus(root)
     rows, failed = [], 0
@@ -79,6 +81,10 @@ def cmd_replay(args) -> int:
             verdict = harness.check(case.property, case.sequences, case.extra)
         except BackendUnavailable as exc:
             rows.append((path, case, "skipped", str(exc)))
+            continue
+        except (ValueError, RuntimeError) as exc:
+            rows.append((path, case, "ERROR", str(exc)))
+            failed += 1
             continue
         expected = case.status == "fixed"
         if verdict.ok == expected:

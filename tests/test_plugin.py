@@ -11,6 +11,7 @@ paid for once and inspected by several tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from esmfuzz import cli
-from esmfuzz.corpus import load_corpus, set_status
+from esmfuzz.corpus import load_corpus, save_case, set_status
 
 pytestmark = pytest.mark.e2e
 
@@ -191,6 +192,17 @@ def test_replay_names_a_malformed_file_and_runs_the_rest(corpus_copy, capsys):
     assert f"MALFORMED {bad}" in out
     assert "open    still open" in out  # the good case still ran
     assert "1 cases, 0 unexpected, 1 malformed" in out
+
+
+def test_replay_reports_a_case_it_cannot_run_and_runs_the_rest(corpus_copy, capsys):
+    [(_, case)], _ = load_corpus(corpus_copy)
+    gone = dataclasses.replace(case, implementations={"packed": "no_such_module_xyz:forward"})
+    save_case(gone, corpus_copy)
+    code, out = replay(corpus_copy, capsys)
+    assert code == 1, out
+    assert "ERROR" in out and "cannot import 'no_such_module_xyz'" in out
+    assert "open    still open" in out
+    assert "2 cases, 1 unexpected, 0 malformed" in out
 
 
 # --- option errors --------------------------------------------------------------------
