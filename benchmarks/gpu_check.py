@@ -84,7 +84,7 @@ def measure(model: str, dtype: str, backend: str, count: int, seed: int,
         second = harness.packed(pair.candidate, variant, layers)[0]
         iso = max(iso, ulps_between(first, second, pair.dtype))
         alone = harness.padded(pair.candidate, [pack[target]], layers)[0]
-        among = harness.padded(pair.candidate, pack, layers)[target]
+        among = harness.padded(pair.candidate, pack, layers, whole=True)[target]
         pad = max(pad, ulps_between(among, alone, pair.dtype))
     # Throughput of the candidate: packed vs padded, the same 16-sequence mixed packs.
     bench = [p for p in packs if len(p) >= 8] or packs

@@ -15,6 +15,7 @@ import torch
 from esm.modules import gelu
 from esm.rotary_embedding import rotate_half
 
+from esmfuzz.alphabet import residue_count
 from esmfuzz.attention import select_backend, varlen_attention
 from esmfuzz.packing import check_packed, pack, pad, position_ids, unpack
 
@@ -25,6 +26,7 @@ __all__ = [
     "PackedForward",
     "load_implementation",
     "packed_forward",
+    "length_buckets",
     "padded_forward",
     "run_packed",
     "run_padded",
@@ -191,10 +193,46 @@ def load_implementation(spec: str | Callable, *, option: str = "implementation")
     return target
 
 
+def length_buckets(lengths: Sequence[int], *, waste: float = 0.5) -> list[list[int]]:
+    """Indices grouped longest first, each group padded by at most ``waste`` x its tokens.
+
+    Padding a dozen short sequences to a 1000-residue one multiplies the work ten-fold
+    (measured: 36 s instead of 1.7 s for one FP64 pack on two CPU cores); inference
+    pipelines sort by length for the same reason.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group and lengths[group[0]] * (len(group) + 1) <= (1 + waste) * (
+            sum(lengths[j] for j in group) + lengths[i]
+        ):
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def run_padded(
-    impl: Callable, model, alphabet, sequences: Sequence[str], layers: Iterable[int]
+    impl: Callable,
+    model,
+    alphabet,
+    sequences: Sequence[str],
+    layers: Iterable[int],
+    *,
+    bucketed: bool = False,
 ) -> list[dict[int, torch.Tensor]]:
-    """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` with the padding cut off."""
+    """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` with the padding cut off.
+
+    ``bucketed`` runs :func:`length_buckets` batches instead of one batch of all.
+    """
+    if bucketed and len(sequences) > 1:
+        out: list = [None] * len(sequences)
+        for group in length_buckets([residue_count(s) for s in sequences]):
+            rows = run_padded(impl, model, alphabet, [sequences[i] for i in group], layers)
+            for i, row in zip(group, rows):
+                out[i] = row
+        return out
     layers = sorted(layers)
     device = model.embed_tokens.weight.device
     tokens = pad(sequences, alphabet).to(device)

@@ -130,9 +130,14 @@ class Harness:
             kwargs["backend"] = self._backend_for(dtype)
         return run_packed(self._packed, model, self.pair.alphabet, sequences, layers, **kwargs)
 
-    def padded(self, model, sequences: Sequence[str], layers, *, trusted: bool = False):
+    def padded(
+        self, model, sequences: Sequence[str], layers, *, trusted: bool = False, whole=False
+    ):
+        """Length-bucketed batches, or one batch of all (``whole``) where padding is the point."""
         impl = padded_forward if trusted else self._padded
-        return run_padded(impl, model, self.pair.alphabet, sequences, layers)
+        return run_padded(
+            impl, model, self.pair.alphabet, sequences, layers, bucketed=not whole
+        )
 
     def check(
         self,
@@ -234,7 +239,7 @@ class Harness:
                 ulps = P.isolation_noise_floor(self.device.type, self._backend_for(dtype))
             return P.isolation(first, second, ulps=ulps, dtype=dtype, sequence=target)
         alone = self.padded(model, [sequences[target]], layers)[0]
-        among = self.padded(model, sequences, layers)[target]
+        among = self.padded(model, sequences, layers, whole=True)[target]
         return P.isolation(
             among,
             alone,

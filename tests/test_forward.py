@@ -24,6 +24,7 @@ from esmfuzz.forward import (
     DEFAULT_PACKED,
     DEFAULT_PADDED,
     ImplementationError,
+    length_buckets,
     load_implementation,
     packed_forward,
     padded_forward,
@@ -166,6 +167,28 @@ def test_run_padded_cuts_padding_off(fp32_pair):
     assert set(out[0]) == {0, 6}
     # the masked token is zeroed at layer 0 (token dropout), <cls>/<eos> are not
     assert torch.count_nonzero(out[2][0][1]) == 0 and torch.count_nonzero(out[2][0][0]) > 0
+
+
+def test_length_buckets_bound_the_padding():
+    assert length_buckets([1000, 10, 12, 900, 11]) == [[0, 3], [2, 4, 1]]
+    assert length_buckets([5]) == [[0]]
+    assert length_buckets([3, 3, 3]) == [[0, 1, 2]]
+    lengths = [1022, *range(1, 40)]
+    for group in length_buckets(lengths):
+        padded = max(lengths[i] for i in group) * len(group)
+        assert padded <= 1.5 * sum(lengths[i] for i in group) or len(group) == 1
+
+
+def test_run_padded_bucketed_keeps_the_order_and_the_values(fp32_pair):
+    pair = fp32_pair
+    layout = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV",
+              "GL", "M", "ACDEFGHIKLMNPQRSTVWY", "K" + MASK + "LV"]
+    whole = run_padded(padded_forward, pair.reference, pair.alphabet, layout, [0, 6])
+    split = run_padded(padded_forward, pair.reference, pair.alphabet, layout, [0, 6],
+                       bucketed=True)
+    for a, b in zip(whole, split):
+        assert a.keys() == b.keys()
+        torch.testing.assert_close(b[6], a[6], rtol=1e-5, atol=1e-5)
 
 
 def test_packed_forward_layer_indexing(fp32_pair):
