@@ -8,6 +8,7 @@ The only deliberate difference: rotary angles are computed in at least FP32
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Iterable, Sequence
 
@@ -25,6 +26,7 @@ __all__ = [
     "ImplementationError",
     "PackedForward",
     "load_implementation",
+    "oracle_forward",
     "packed_forward",
     "length_buckets",
     "padded_forward",
@@ -45,6 +47,34 @@ class ImplementationError(RuntimeError):
 def padded_forward(model, tokens: torch.Tensor, repr_layers: Iterable[int]):
     """fair-esm's own forward on a [B, T] batch padded with ``<pad>``."""
     return model(tokens, repr_layers=list(repr_layers))["representations"]
+
+
+def _softmax_keeping_float64(x, dim: int, onnx_trace: bool = False):
+    return torch.softmax(x, dim=dim, dtype=torch.float64 if x.dtype == torch.float64 else
+                         torch.float32)
+
+
+@contextlib.contextmanager
+def _float64_softmax():
+    import esm.multihead_attention as mha
+
+    original = mha.utils_softmax
+    mha.utils_softmax = _softmax_keeping_float64
+    try:
+        yield
+    finally:
+        mha.utils_softmax = original
+
+
+def oracle_forward(model, tokens: torch.Tensor, repr_layers: Iterable[int]):
+    """fair-esm's forward with its attention softmax in float64 for a float64 model.
+
+    fair-esm takes the softmax in float32 whatever the model dtype, so a float64 copy run
+    as is lies about 1e-7 (relative) from the exact result: as far as the FP32 paths it
+    is meant to judge. Every other step of fair-esm already runs in the model's dtype.
+    """
+    with _float64_softmax():
+        return padded_forward(model, tokens, repr_layers)
 
 
 class PackedForward:

@@ -10,13 +10,14 @@ import dataclasses
 import functools
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from esmfuzz import properties as P
+from esmfuzz import registry
 from esmfuzz.attention import BACKENDS, backend_status, select_backend
 from esmfuzz.corpus import Case, environment
 from esmfuzz.forward import (
@@ -24,14 +25,23 @@ from esmfuzz.forward import (
     DEFAULT_PADDED,
     PackedForward,
     load_implementation,
+    oracle_forward,
     padded_forward,
     run_packed,
     run_padded,
 )
-from esmfuzz.models import DEFAULT_SPEC, ModelPair, model_pair, parse_dtype
-from esmfuzz.packing import pack
+from esmfuzz.models import DEFAULT_SPEC, ModelPair, model_pair, parse_dtype, resolve_device
+from esmfuzz.properties import Sample
 
-__all__ = ["Config", "Harness", "config_for_case", "harness_for", "read_pyproject"]
+__all__ = [
+    "PATHS",
+    "Config",
+    "Harness",
+    "config_for_case",
+    "crowd_limits",
+    "harness_for",
+    "read_pyproject",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,16 @@ class Config:
     pack_tokens: int = 1536
     """Token budget of a generated pack: one very long sequence plus neighbours by default;
     raise it (4096 and more) to reach positions where FP16/BF16 rounding shows."""
+    crowd_tokens: int = 0
+    """Token budget of the ``crowded`` stratum (many short proteins in one pack); 0 picks
+    6144 for the ci profile on the CPU, else 16384."""
+    crowd_sequences: int = 0
+    """Most sequences in a ``crowded`` pack; 0 picks 128 for the ci profile on the CPU,
+    else 256."""
+    paths: str = "auto"
+    """Dtype paths the implementations under test are checked on: ``both`` (candidate dtype
+    and FP32), ``candidate`` (candidate dtype only, for FP16/BF16-only kernels), or ``auto``
+    (both, dropping FP32 with a note where the implementation refuses it with a TypeError)."""
     thresholds: P.Thresholds = field(default_factory=P.Thresholds)
 
     @classmethod
@@ -61,14 +81,16 @@ class Config:
                 if not isinstance(value, Mapping):
                     raise ValueError(f"{source}: thresholds must be a table, got {value!r}")
                 clean[name] = P.Thresholds.from_mapping(value, source=f"{source}.thresholds")
-            elif name == "pack_tokens":
+            elif name in _INT_KEYS:
+                least, why = _INT_KEYS[name]
+                option = name.replace("_", "-")
                 try:
                     clean[name] = int(value)
                 except (TypeError, ValueError):
-                    raise ValueError(f"{source}: pack-tokens={value!r} is not an int") from None
-                if clean[name] < 1027:
-                    raise ValueError(f"{source}: pack-tokens={value!r} must be at least 1027 "
-                                     f"(one 1022-residue sequence, <cls>, <eos>, one more)")
+                    raise ValueError(f"{source}: {option}={value!r} is not an int") from None
+                if clean[name] < least and not (clean[name] == 0 and name != "pack_tokens"):
+                    raise ValueError(f"{source}: {option}={value!r} must be at least {least} "
+                                     f"({why})")
             elif name in known:
                 clean[name] = str(value)
             else:
@@ -78,12 +100,33 @@ class Config:
         parse_dtype(
             config.oracle_dtype, option=f"{source} oracle-dtype", allowed=("float64", "float32")
         )
+        if config.paths not in PATHS:
+            raise ValueError(
+                f"{source}: paths={config.paths!r} is not one of {', '.join(PATHS)}"
+            )
         if config.backend not in ("auto",) + BACKENDS:
             raise ValueError(
                 f"{source}: backend={config.backend!r} is not one of "
                 f"{', '.join(('auto',) + BACKENDS)}"
             )
         return config
+
+
+PATHS = ("auto", "both", "candidate")
+_INT_KEYS = {
+    "pack_tokens": (1027, "one 1022-residue sequence, <cls>, <eos>, one more"),
+    "crowd_tokens": (1024, "or 0 for the default"),
+    "crowd_sequences": (2, "or 0 for the default"),
+}
+
+
+def crowd_limits(config: Config, *, profile: str) -> tuple[int, int]:
+    """(most sequences, token budget) of the ``crowded`` stratum under ``profile``."""
+    small = profile == "ci" and resolve_device(config.device).type == "cpu"
+    return (
+        config.crowd_sequences or (128 if small else 256),
+        config.crowd_tokens or (6144 if small else 16384),
+    )
 
 
 def read_pyproject(start: Path | str = ".") -> dict:
@@ -113,6 +156,9 @@ class Harness:
         self.all_layers = list(range(layers + 1))
         self.layers = sorted({0, 1, layers // 2, layers})
         """Checked on every example; all layers are computed only to explain a failure."""
+        self.refused: dict[str, str] = {}
+        """Implementations (``packed``/``padded``) that refused the FP32 reference with a
+        TypeError: from then on only their candidate-dtype path is checked (``paths=auto``)."""
 
     @property
     def device(self) -> torch.device:
@@ -139,126 +185,95 @@ class Harness:
             impl, model, self.pair.alphabet, sequences, layers, bucketed=not whole
         )
 
+    def oracle(self, sequences: Sequence[str], layers) -> list[dict]:
+        """The FP64 oracle (FP32 where a float64 copy does not fit), length-bucketed."""
+        return run_padded(
+            oracle_forward, self.pair.oracle, self.pair.alphabet, sequences, layers, bucketed=True
+        )
+
+    def baseline(self, model, sequences: Sequence[str], layers) -> list[dict]:
+        """fair-esm's own padded forward: the same-dtype baseline of every noise bound."""
+        return self.padded(model, sequences, layers, trusted=True)
+
+    def path_models(self, kind: str) -> list:
+        """The models whose dtype paths the implementation ``kind`` is checked on.
+
+        The candidate always; the FP32 reference too unless ``paths = "candidate"``, the
+        implementation refused it, or the oracle itself is the FP32 reference.
+        """
+        pair = self.pair
+        models = [pair.candidate]
+        if (
+            self.config.paths != "candidate"
+            and kind not in self.refused
+            and pair.reference is not pair.candidate
+            and pair.oracle is not pair.reference
+        ):
+            models.append(pair.reference)
+        return models
+
+    def tested(self, kind: str, model, run: Callable[[], list[dict]]) -> list[dict] | None:
+        """``run()``, or None where the implementation refuses FP32 with a TypeError (auto)."""
+        try:
+            return run()
+        except TypeError as exc:
+            if model is not self.pair.reference or self.config.paths != "auto":
+                raise
+            self.refused[kind] = f"{type(exc).__name__}: {exc}"
+            return None
+
+    def refusal_notes(self) -> list[str]:
+        return [
+            f"the {kind} implementation refused float32 ({why}); only its "
+            f"{str(self.pair.dtype)[6:]} path is checked (paths = auto)"
+            for kind, why in self.refused.items()
+        ]
+
     def check(
         self,
         prop: str,
-        sequences: Sequence[str],
+        sample: Sample | Sequence[str],
         extra: Mapping | None = None,
         *,
         layers: Sequence[int] | None = None,
     ) -> P.Verdict:
-        """Run property ``prop`` on one layout; a failure is re-run on every layer to explain it."""
-        if prop not in P.PROPERTIES:
-            raise ValueError(f"property={prop!r} is not one of {', '.join(P.PROPERTIES)}")
-        sequences = list(sequences)
-        extra = dict(extra or {})
-        verdict = self._run(prop, sequences, extra, layers or self.layers)
+        """Run property ``prop`` on one sample; a failure is re-run on every layer to explain it."""
+        entry = registry.get(prop)
+        if not isinstance(sample, Sample):
+            sample = Sample.from_extra(sample, extra)
+        verdict = entry.run(self, sample, list(layers or self.layers))
         if not verdict.ok and layers is None and self.layers != self.all_layers:
-            explained = self._run(prop, sequences, extra, self.all_layers)
+            explained = entry.run(self, sample, self.all_layers)
             if explained.ok:
                 verdict.notes.append("the failure did not reproduce when re-run on every layer: "
                                      "the implementation under test is not deterministic")
                 return verdict
             verdict = explained
+        verdict.notes.extend(self.refusal_notes())
         return verdict
 
-    def _run(self, prop, sequences, extra, layers) -> P.Verdict:
-        pair, th = self.pair, self.thresholds
-        if prop == "positions":
-            return P.positions(pack(sequences, pair.alphabet))
-        if prop in ("precision", "packed_precision"):
-            reference = self.padded(pair.reference, sequences, layers, trusted=True)
-            if prop == "precision":
-                candidate = self.padded(pair.candidate, sequences, layers)
-            else:
-                candidate = self.packed(pair.candidate, sequences, layers)
-            return P.precision(candidate, reference, th, name=prop)
-        if prop == "error_ratio":
-            oracle = self.padded(pair.oracle, sequences, layers, trusted=True)
-            tested = {}
-            models = [pair.candidate] + (
-                [pair.reference] if pair.oracle is not pair.reference else []
-            )
-            for model in models:
-                dtype = model.embed_tokens.weight.dtype
-                baseline = self.padded(model, sequences, layers, trusted=True)
-                label = str(dtype)[6:]
-                tested[f"packed {label}"] = (self.packed(model, sequences, layers), baseline, dtype)
-                if self._padded is not padded_forward:
-                    tested[f"padded {label}"] = (
-                        self.padded(model, sequences, layers),
-                        baseline,
-                        dtype,
-                    )
-            verdict = P.error_ratio(tested, oracle, th)
-            verdict.notes.append(self.pair.oracle_note)
-            return verdict
-        if prop == "finite":
-            last = pair.num_layers
-            layers = sorted(set(layers) | {last})
-            reference = self._with_logits(
-                pair.reference, self.padded(pair.reference, sequences, layers, trusted=True)
-            )
-            candidates = {
-                "packed": self._with_logits(
-                    pair.candidate, self.packed(pair.candidate, sequences, layers)
-                ),
-                "padded": self._with_logits(
-                    pair.candidate, self.padded(pair.candidate, sequences, layers)
-                ),
-            }
-            return P.finite(candidates, reference)
-        if prop == "statistics":
-            last = [pair.num_layers]
-            reference = self.padded(pair.reference, sequences, last, trusted=True)
-            candidates = {
-                "packed": self.packed(pair.candidate, sequences, last),
-                "padded": self.padded(pair.candidate, sequences, last),
-            }
-            return P.statistics(candidates, reference, th, layer=pair.num_layers)
-        return self._context(prop, sequences, extra, layers)
-
-    def _context(self, prop, sequences, extra, layers) -> P.Verdict:
-        """isolation and padding_invariance: one sequence, two contexts."""
-        target = _index(extra, "target", len(sequences))
-        model = self.pair.candidate
-        dtype = self.pair.dtype
-        if prop == "isolation":
-            variant = list(extra.get("variant") or [])
-            if not variant:
-                raise ValueError("isolation needs extra['variant'], the layout to compare with")
-            other = _index(extra, "variant_target", len(variant))
-            if variant[other] != sequences[target]:
-                raise ValueError(
-                    f"isolation: variant[{other}] is not the target sequence sequences[{target}]"
-                )
-            first = self.packed(model, sequences, layers)[target]
-            second = self.packed(model, variant, layers)[other]
-            ulps = self.thresholds.isolation_ulps
-            if ulps < 0:
-                ulps = P.isolation_noise_floor(self.device.type, self._backend_for(dtype))
-            return P.isolation(first, second, ulps=ulps, dtype=dtype, sequence=target)
-        alone = self.padded(model, [sequences[target]], layers)[0]
-        among = self.padded(model, sequences, layers, whole=True)[target]
-        return P.isolation(
-            among,
-            alone,
-            ulps=self.thresholds.padding_ulps,
-            dtype=dtype,
-            name="padding_invariance",
-            sequence=target,
-        )
-
-    def _with_logits(self, model, outputs: list[dict]) -> list[dict]:
+    def with_logits(self, model, outputs: list[dict]) -> list[dict]:
         last = model.num_layers
         with torch.inference_mode():
             return [{**out, "logits": model.lm_head(out[last])} for out in outputs]
 
+    def under_test_kinds(self) -> set[str]:
+        """``packed``/``padded``: the implementations that are not esmfuzz's defaults."""
+        chosen = {"packed": (self.config.packed_impl, DEFAULT_PACKED),
+                  "padded": (self.config.padded_impl, DEFAULT_PADDED)}
+        return {kind for kind, (impl, default) in chosen.items() if _name(impl) != default}
+
+    def under_test(self, prop: str) -> list[str]:
+        """The implementations under test (not esmfuzz's defaults) that ``prop`` calls."""
+        chosen = {"packed": self.config.packed_impl, "padded": self.config.padded_impl}
+        kinds = self.under_test_kinds()
+        return [f"{kind} {_name(chosen[kind])}" for kind in registry.get(prop).calls
+                if kind in kinds]
+
     def case(
         self,
         prop: str,
-        sequences: Sequence[str],
-        extra: Mapping | None,
+        sample: Sample,
         verdict: P.Verdict,
         *,
         status: str = "open",
@@ -266,7 +281,7 @@ class Harness:
         """The corpus record of a (shrunk) failing example."""
         return Case(
             property=prop,
-            sequences=tuple(sequences),
+            sequences=tuple(sample.sequences),
             model=self.pair.spec.text,
             dtype=str(self.pair.dtype)[6:],
             backend=self.backend,
@@ -277,18 +292,11 @@ class Harness:
             thresholds=self.thresholds.as_dict(),
             metrics={k: float(v) for k, v in verdict.metrics.items()},
             worst=dict(verdict.worst),
-            extra=dict(extra or {}),
+            extra=sample.extra,
             status=status,
             environment=environment(self.device),
             message=verdict.message(),
         )
-
-
-def _index(extra: Mapping, key: str, size: int) -> int:
-    value = extra.get(key, 0)
-    if not isinstance(value, int) or not 0 <= value < size:
-        raise ValueError(f"extra[{key!r}]={value!r} is not an index into {size} sequences")
-    return value
 
 
 def _name(impl) -> str:
@@ -306,7 +314,10 @@ def harness_for(config: Config) -> Harness:
 def config_for_case(case: Case, *, device: str = "auto", base: Config | None = None) -> Config:
     """The configuration that reproduces a corpus case on this machine."""
     base = base or Config()
-    thresholds = {k: v for k, v in case.thresholds.items() if not math.isnan(v)}
+    known = {f.name for f in dataclasses.fields(P.Thresholds)}
+    thresholds = {
+        k: v for k, v in case.thresholds.items() if k in known and not math.isnan(v)
+    }
     return dataclasses.replace(
         base,
         model=case.model,

@@ -15,6 +15,7 @@ __all__ = [
     "mean_abs_diff",
     "non_finite",
     "outlier_count",
+    "relative_errors",
     "residue_mean",
     "sequence_cosine",
     "std_rel_diff",
@@ -49,6 +50,23 @@ def sequence_cosine(candidate: torch.Tensor, reference: torch.Tensor) -> float:
 
 def max_abs_error(candidate: torch.Tensor, reference: torch.Tensor) -> float:
     return float((_f64(candidate) - _f64(reference)).abs().max())
+
+
+def relative_errors(difference: torch.Tensor, reference: torch.Tensor) -> tuple[float, float, int]:
+    """(RMS of ``difference``, RMS of its worst token, that token), both over the RMS of
+    ``reference``.
+
+    Means over hundreds of elements are stable where a maximum over them is not: the
+    maximum of a few ulps of rounding noise varies by 3x and more between two correct
+    computations, the RMS by a few percent (docs/oracles.md).
+    """
+    d, r = _f64(difference), _f64(reference)
+    scale = float(r.pow(2).mean().sqrt())
+    if scale == 0.0:
+        scale = 1.0
+    per_token = d.pow(2).mean(-1).sqrt()
+    token = int(per_token.argmax())
+    return float(d.pow(2).mean().sqrt()) / scale, float(per_token[token]) / scale, token
 
 
 def mean_abs_diff(candidate: torch.Tensor, reference: torch.Tensor) -> float:

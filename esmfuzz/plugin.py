@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,9 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from esmfuzz.alphabet import residue_count
 from esmfuzz.corpus import Case, CorpusError, load_corpus, save_case
-from esmfuzz.harness import Config, Harness, harness_for, read_pyproject
-from esmfuzz.properties import Verdict
+from esmfuzz.harness import Config, Harness, crowd_limits, harness_for, read_pyproject
+from esmfuzz.properties import Sample, Verdict
+from esmfuzz.registry import PROPERTIES
 
 __all__ = ["FuzzRecorder", "PROFILES", "check_and_record", "stratum_of_layout"]
 
@@ -40,6 +42,12 @@ _OPTIONS = {
     "corpus": "corpus directory where shrunk failures are saved and replayed from",
     "pack-tokens": "token budget of a generated pack (default 1536; long packs reveal FP16 "
     "position rounding)",
+    "crowd-tokens": "token budget of a crowded pack, many short proteins (default 6144 for ci "
+    "on the CPU, else 16384)",
+    "crowd-sequences": "most sequences in a crowded pack (default 128 for ci on the CPU, "
+    "else 256)",
+    "paths": "dtype paths the implementations are checked on: auto, both (candidate dtype and "
+    "float32) or candidate (FP16/BF16-only kernels)",
 }
 
 
@@ -106,7 +114,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _config_from(pytest_config: pytest.Config) -> Config:
+def _config_from(pytest_config: pytest.Config, profile: str) -> Config:
     """``[tool.esmfuzz]`` overridden by ``--esm-*``; every error names where the value came from.
 
     The implementations are imported here too, so that a bad ``module:function`` is a
@@ -142,14 +150,20 @@ def _config_from(pytest_config: pytest.Config) -> Config:
     corpus = Path(config.corpus)
     if not corpus.is_absolute():
         corpus = pytest_config.rootpath / corpus
-    return dataclasses.replace(config, corpus=str(corpus))
+    try:
+        most, tokens = crowd_limits(config, profile=profile)
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"--esm-device: {exc}") from None
+    return dataclasses.replace(
+        config, corpus=str(corpus), crowd_sequences=most, crowd_tokens=tokens
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     profile = config.getoption("esm_profile") or ("ci" if os.environ.get("CI") else "dev")
     settings.load_profile(profile)
-    recorder = FuzzRecorder(_config_from(config), profile)
+    recorder = FuzzRecorder(_config_from(config, profile), profile)
     config.stash[_RECORDER] = recorder
 
 
@@ -171,6 +185,7 @@ class FuzzRecorder:
         self.config = config
         self.profile = profile
         self.rows: dict[tuple[str, str], dict] = {}
+        self.reach = Reach()
         self.saved: list[Path] = []
         self.unsaved: tuple | None = None
         """The latest failing example not yet in the corpus: saved if the test ends failed
@@ -182,9 +197,12 @@ class FuzzRecorder:
             self._corpus_cache = load_corpus(self.config.corpus)
         return self._corpus_cache
 
-    def record(self, prop: str, stratum: str, verdict: Verdict) -> None:
+    def record(self, prop: str, stratum: str, sample: Sample, verdict: Verdict,
+               under_test: list[str]) -> None:
         row = self.rows.setdefault(
-            (prop, stratum), {"examples": 0, "failures": 0, "first_failure": None, "worst": None}
+            (prop, stratum),
+            {"examples": 0, "failures": 0, "first_failure": None, "worst": None,
+             "under_test": under_test},
         )
         row["examples"] += 1
         row["failures"] += not verdict.ok
@@ -192,6 +210,7 @@ class FuzzRecorder:
             row["first_failure"] = row["examples"]
         if row["worst"] is None or verdict.margin < row["worst"].margin:
             row["worst"] = verdict
+        self.reach.add(sample)
 
     def report(self) -> dict:
         """What ran, per property and stratum, as JSON-ready data (``--esm-report``)."""
@@ -209,9 +228,44 @@ class FuzzRecorder:
                     "value": _json_float(worst.value),
                     "threshold": _json_float(worst.threshold),
                     "layer": worst.worst.get("layer"),
+                    "path": worst.path,
+                    "under_test": row["under_test"],
                 }
             )
-        return {"profile": self.profile, "rows": rows, "saved": [str(p) for p in self.saved]}
+        return {"profile": self.profile, "rows": rows, "saved": [str(p) for p in self.saved],
+                "reach": self.reach.as_dict()}
+
+
+class Reach:
+    """How far into the input space the examples of a run went."""
+
+    def __init__(self):
+        self.sequences = self.tokens = self.longest = self.masks = 0
+        self.rare: set[str] = set()
+
+    def add(self, sample: Sample) -> None:
+        from esmfuzz.alphabet import MASK, RARE_RESIDUES, split_residues
+
+        for layout in (sample.sequences, sample.variant or ()):
+            if not layout:
+                continue
+            lengths = [residue_count(s) for s in layout]
+            self.sequences = max(self.sequences, len(layout))
+            self.tokens = max(self.tokens, sum(lengths) + 2 * len(lengths))
+            self.longest = max(self.longest, max(lengths))
+            residues = [r for s in layout for r in split_residues(s)]
+            self.masks += MASK in residues
+            self.rare |= set(residues) & set(RARE_RESIDUES)
+
+    def as_dict(self) -> dict:
+        return {"max_sequences_per_pack": self.sequences, "max_tokens_per_pack": self.tokens,
+                "longest_sequence": self.longest, "rare_residues_seen": sorted(self.rare),
+                "layouts_with_mask": self.masks}
+
+    def describe(self) -> str:
+        return (f"reach: up to {self.sequences} sequences and {self.tokens} tokens per pack, "
+                f"longest sequence {self.longest} residues; rare residues seen: "
+                f"{' '.join(sorted(self.rare)) or 'none'}; <mask> in {self.masks} layouts")
 
 
 def _json_float(value: float) -> float | str:
@@ -227,21 +281,24 @@ def stratum_of_layout(sequences) -> str:
     return stratum_of(max(residue_count(s) for s in sequences))
 
 
+_COUNT_BINS = ((1, "1"), (4, "2-4"), (32, "5-32"), (math.inf, "33+"))
+
+
 def check_and_record(
     harness: Harness,
     recorder: FuzzRecorder,
     prop: str,
-    sequences,
-    extra: Mapping | None = None,
+    sample: Sample,
     *,
     stratum: str | None = None,
 ) -> Verdict:
     """One fuzz example: check, report to Hypothesis, save the final shrunk failure."""
-    stratum = stratum or stratum_of_layout(sequences)
+    stratum = stratum or stratum_of_layout(sample.sequences)
+    count = len(sample.sequences)
     event(f"stratum={stratum}")
-    event(f"sequences={'1' if len(sequences) == 1 else '2-4' if len(sequences) <= 4 else '5+'}")
+    event("sequences=" + next(b for n, b in _COUNT_BINS if count <= n))
     try:
-        verdict = harness.check(prop, sequences, extra)
+        verdict = harness.check(prop, sample)
     except Exception as exc:  # a crash of the implementation under test is a finding too
         verdict = Verdict(
             prop,
@@ -252,19 +309,17 @@ def check_and_record(
             margin=float("-inf"),
             violations=[line.rstrip() for line in traceback.format_exception_only(exc)],
         )
-    recorder.record(prop, stratum, verdict)
-    if verdict.margin != float("inf") and verdict.margin == verdict.margin:
+    recorder.record(prop, stratum, sample, verdict, harness.under_test(prop))
+    if math.isfinite(verdict.margin):
         target(max(-verdict.margin, -1e6), label=f"{prop} margin")
     if verdict.ok:
         return verdict
     message = verdict.message()
     if not current_build_context().is_final:
-        recorder.unsaved = (harness, prop, list(sequences), extra, verdict)
+        recorder.unsaved = (harness, prop, sample, verdict)
     else:
         recorder.unsaved = None
-        path, created = save_case(
-            harness.case(prop, sequences, extra, verdict), harness.config.corpus
-        )
+        path, created = save_case(harness.case(prop, sample, verdict), harness.config.corpus)
         if created:
             recorder.saved.append(path)
         message += f"\ncorpus case: {path}{'' if created else ' (already in the corpus)'}"
@@ -285,25 +340,24 @@ def esm_harness(esm_config: Config) -> Harness:
 
 @pytest.fixture
 def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
-    """Fuzz one property over a strategy of ``(sequences, extra)`` samples.
+    """Fuzz one property of :mod:`esmfuzz.registry` in one stratum (None: all lengths).
 
-    Corpus cases of the same property and length stratum run first, as explicit
-    examples; the strategy's examples follow under the loaded profile.
+    Corpus cases of the same property run first, as explicit examples, in the target of
+    their length stratum; the strategy's examples follow under the loaded profile.
     """
     recorder = request.config.stash[_RECORDER]
 
-    def run(prop: str, samples, *, stratum: str | None = None) -> None:
-        def body(sample):
-            sequences, extra = sample
-            check_and_record(esm_harness, recorder, prop, list(sequences), extra, stratum=stratum)
+    def run(prop: str, stratum: str | None = None) -> None:
+        entry = PROPERTIES[prop]
 
-        test = given(sample=samples)(body)
+        def body(sample):
+            check_and_record(esm_harness, recorder, prop, sample, stratum=stratum)
+
+        test = given(sample=entry.samples(esm_harness.config, stratum))(body)
         cases, _ = recorder.corpus()
         for _, case in cases:
-            if case.property == prop and (
-                stratum is None or stratum_of_layout(case.sequences) == stratum
-            ):
-                test = example(sample=(list(case.sequences), dict(case.extra)))(test)
+            if case.property == prop and _replays_in(case, entry.strata, stratum):
+                test = example(sample=Sample.from_extra(case.sequences, case.extra))(test)
         test.hypothesis.inner_test._hypothesis_internal_add_digest = (
             f"{request.node.nodeid}".encode()
         )
@@ -316,6 +370,12 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
     return run
 
 
+def _replays_in(case: Case, strata, stratum) -> bool:
+    """A corpus case runs in one target: its length stratum's, else the property's first."""
+    own = stratum_of_layout(case.sequences)
+    return stratum == (own if own in strata else strata[0])
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
     outcome = yield
@@ -323,13 +383,11 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     recorder = item.config.stash.get(_RECORDER, None)
     if recorder is None or report.when != "call" or recorder.unsaved is None:
         return
-    harness, prop, sequences, extra, verdict = recorder.unsaved
+    harness, prop, sample, verdict = recorder.unsaved
     recorder.unsaved = None
     if report.failed:
         verdict.notes.append("saved unshrunk: the failure did not reproduce on the final run")
-        path, created = save_case(
-            harness.case(prop, sequences, extra, verdict), harness.config.corpus
-        )
+        path, created = save_case(harness.case(prop, sample, verdict), harness.config.corpus)
         if created:
             recorder.saved.append(path)
         report.sections.append(("esmfuzz", f"unreproducible failure saved to {path}"))
@@ -353,16 +411,38 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         )
     except Exception as exc:  # the summary must never hide the test results
         tr.write_line(f"(model pair unavailable: {exc})")
-    header = f"{'property':<20}{'stratum':<11}{'examples':>9}{'fail':>6}  worst metric"
+    header = (f"{'property':<20}{'stratum':<11}{'examples':>9}{'fail':>6}  "
+              f"{'worst metric (path, layer)':<58}under test")
     tr.write_line(header)
     tr.write_line("-" * len(header))
+    unexercised = []
     for (prop, stratum), row in sorted(recorder.rows.items()):
         worst: Verdict = row["worst"]
-        where = worst.worst.get("layer")
-        detail = f"{worst.metric}={worst.value:.5g} vs {worst.threshold:g}" + (
-            f" (layer {where})" if where is not None else ""
+        where = ", ".join(
+            x for x in (worst.path, f"layer {worst.worst.get('layer')}"
+                        if worst.worst.get("layer") is not None else "") if x
         )
-        tr.write_line(f"{prop:<20}{stratum:<11}{row['examples']:>9}{row['failures']:>6}  {detail}")
+        detail = f"{worst.metric}={worst.value:.4g} vs {worst.threshold:g}" + (
+            f" ({where})" if where else ""
+        )
+        tested = "; ".join(row["under_test"]) or "none: esmfuzz defaults only"
+        if not row["under_test"]:
+            unexercised.append(f"{prop}[{stratum}]")
+        tr.write_line(f"{prop:<20}{stratum:<11}{row['examples']:>9}{row['failures']:>6}  "
+                      f"{detail:<58}{tested}")
+    tr.write_line(recorder.reach.describe())
+    if unexercised and len(unexercised) < len(recorder.rows):
+        tr.write_line(
+            f"{len(recorder.rows) - len(unexercised)} of {len(recorder.rows)} targets called "
+            f"an implementation under test; the others ran only esmfuzz's default forwards "
+            f"(their passes say nothing about your code): {', '.join(unexercised)}",
+            yellow=True,
+        )
+    try:
+        for note in harness_for(recorder.config).refusal_notes():
+            tr.write_line(f"note: {note}", yellow=True)
+    except Exception:  # the summary must never hide the test results
+        pass
     _, errors = recorder.corpus()
     for error in errors:
         tr.write_line(f"corpus error: {error}", red=True)

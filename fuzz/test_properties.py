@@ -1,67 +1,58 @@
-"""The property fuzz targets, one per oracle: ``pytest fuzz/`` is esmfuzz's main job.
+"""The property fuzz targets: ``pytest fuzz/`` is esmfuzz's main job.
 
-Each target hands a strategy of ``(sequences, extra)`` samples to the ``esm_fuzz``
-fixture, which checks the property through the session's harness, reports the
-margin to ``hypothesis.target``, saves the shrunk failure to the corpus, and
-runs the corpus cases of the same property first. The sharpest oracle
+Each target names a property of :mod:`esmfuzz.registry` and a stratum; the ``esm_fuzz``
+fixture draws samples from the property's strategy, checks them through the session's
+harness, reports the margin to ``hypothesis.target``, saves the shrunk failure to the
+corpus, and runs the corpus cases of the same property first. The sharpest oracle
 (``error_ratio``) comes first, so ``-x`` stops at the most telling failure.
 """
 
 import pytest
 
-from esmfuzz.alphabet import residue_count
-from strategies import LENGTH_STRATA, metamorphic_pairs, packing_layouts, stratified_layouts
-
-STRATA = list(LENGTH_STRATA)
+from esmfuzz.registry import PROPERTIES
 
 
-def plain(layouts):
-    return layouts.map(lambda sequences: (sequences, {}))
+def strata(name):
+    return pytest.mark.parametrize(
+        "stratum", PROPERTIES[name].strata, ids=lambda s: s or "mixed"
+    )
 
 
-def layouts(stratum, config, **options):
-    return plain(stratified_layouts(stratum, max_tokens=config.pack_tokens, **options))
+@strata("error_ratio")
+def test_error_ratio(esm_fuzz, stratum):
+    esm_fuzz("error_ratio", stratum)
 
 
-@pytest.mark.parametrize("stratum", STRATA)
-def test_error_ratio(esm_fuzz, esm_config, stratum):
-    esm_fuzz("error_ratio", layouts(stratum, esm_config), stratum=stratum)
+@strata("isolation")
+def test_isolation(esm_fuzz, stratum):
+    esm_fuzz("isolation", stratum)
 
 
-def test_isolation(esm_fuzz, esm_config):
-    pairs = metamorphic_pairs(max_sequences=6, max_tokens=esm_config.pack_tokens)
-    esm_fuzz("isolation", pairs.map(lambda p: (p[0], {"target": p[1], "variant": p[2],
-                                                      "variant_target": p[3]})))
+@strata("packed_precision")
+def test_packed_precision(esm_fuzz, stratum):
+    esm_fuzz("packed_precision", stratum)
 
 
-@pytest.mark.parametrize("stratum", STRATA)
-def test_packed_precision(esm_fuzz, esm_config, stratum):
-    esm_fuzz("packed_precision", layouts(stratum, esm_config), stratum=stratum)
+@strata("finite")
+def test_finite(esm_fuzz, stratum):
+    esm_fuzz("finite", stratum)
 
 
-@pytest.mark.parametrize("stratum", STRATA)
-def test_finite(esm_fuzz, esm_config, stratum):
-    esm_fuzz("finite", layouts(stratum, esm_config), stratum=stratum)
+@strata("statistics")
+def test_statistics(esm_fuzz, stratum):
+    esm_fuzz("statistics", stratum)
 
 
-def test_statistics(esm_fuzz):
-    esm_fuzz("statistics", plain(packing_layouts(max_sequences=4, max_tokens=1024)))
+@strata("precision")
+def test_precision(esm_fuzz, stratum):
+    esm_fuzz("precision", stratum)
 
 
-@pytest.mark.parametrize("stratum", STRATA)
-def test_precision(esm_fuzz, esm_config, stratum):
-    esm_fuzz("precision", layouts(stratum, esm_config, max_sequences=4), stratum=stratum)
+@strata("padding_invariance")
+def test_padding_invariance(esm_fuzz, stratum):
+    esm_fuzz("padding_invariance", stratum)
 
 
-def _shortest_among_longer(layout):
-    lengths = [residue_count(s) for s in layout]
-    return layout, {"target": lengths.index(min(lengths))}
-
-
-def test_padding_invariance(esm_fuzz):
-    layouts = packing_layouts(min_sequences=2, max_sequences=6, max_tokens=2048)
-    esm_fuzz("padding_invariance", layouts.map(_shortest_among_longer))
-
-
-def test_positions(esm_fuzz):
-    esm_fuzz("positions", plain(packing_layouts(max_sequences=64, max_tokens=8192)))
+def test_every_property_has_a_target():
+    targets = {name[5:] for name in globals() if name.startswith("test_")}
+    assert set(PROPERTIES) <= targets

@@ -1,0 +1,120 @@
+"""Worst value each correct control reaches against each property's bound.
+
+For every control (correct packed forwards whose arithmetic differs from fair-esm's:
+``tests.impls.packed.CONTROLS``), seed, and fuzz target of :mod:`esmfuzz.registry`, this
+draws the target's own Hypothesis strategy under that seed, checks every sample on
+every layer through ``Harness.check`` (the code path of ``pytest fuzz/``), and keeps
+the worst verdict. A bound holds where no control reaches it; ``docs/false-positives.md``
+is written from its JSON output::
+
+    python benchmarks/false_positives.py --model synthetic:esm2_t6_8M_UR50D --device cpu \\
+        --dtypes float16 --seeds 1-20 --examples 6 --json fp-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+
+from esmfuzz.alphabet import residue_count  # noqa: E402
+from esmfuzz.harness import Config, crowd_limits, harness_for  # noqa: E402
+from esmfuzz.registry import PROPERTIES  # noqa: E402
+from tests.impls.packed import CONTROLS  # noqa: E402
+
+
+def _seeds(text: str) -> list[int]:
+    low, _, high = text.partition("-")
+    return list(range(int(low), int(high or low) + 1))
+
+
+def samples_of(entry, config, stratum, *, n: int, at: int) -> list:
+    """The first ``n`` samples the target's strategy draws under seed ``at``."""
+    drawn = []
+
+    @seed(at)
+    @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(entry.samples(config, stratum))
+    def collect(sample):
+        drawn.append(sample)
+
+    collect()
+    return drawn[:n]
+
+
+def severity(verdict) -> float:
+    """How close to failing: value / bound for upper bounds, (1 - value) / (1 - bound) for
+    cosines; 1.0 is the bound itself."""
+    if verdict.metric in ("sequence_cosine", "token_cosine_min"):
+        return (1 - verdict.value) / max(1 - verdict.threshold, 1e-300)
+    if verdict.threshold == 0:
+        return 0.0 if verdict.value == 0 else math.inf
+    return verdict.value / verdict.threshold
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="synthetic:esm2_t6_8M_UR50D")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", nargs="+", default=["float16"])
+    parser.add_argument("--controls", nargs="+", default=list(CONTROLS))
+    parser.add_argument("--seeds", default="1-3", help="N or N-M")
+    parser.add_argument("--examples", type=int, default=6, help="samples per target and seed")
+    parser.add_argument("--properties", nargs="+", default=list(PROPERTIES))
+    parser.add_argument("--crowd-tokens", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="append one JSON line per row to this file")
+    args = parser.parse_args(argv)
+
+    for dtype in args.dtypes:
+        for control in args.controls:
+            config = Config(model=args.model, device=args.device, dtype=dtype,
+                            packed_impl=control, crowd_tokens=args.crowd_tokens)
+            most, tokens = crowd_limits(config, profile="dev")
+            config = dataclasses.replace(config, crowd_sequences=most, crowd_tokens=tokens)
+            harness = harness_for(config)
+            for at in _seeds(args.seeds):
+                for name in args.properties:
+                    entry = PROPERTIES[name]
+                    for stratum in entry.strata:
+                        start = time.perf_counter()
+                        worst, failures = None, 0
+                        samples = samples_of(entry, config, stratum, n=args.examples, at=at)
+                        for sample in samples:
+                            verdict = harness.check(name, sample, layers=harness.all_layers)
+                            failures += not verdict.ok
+                            if worst is None or severity(verdict) > severity(worst):
+                                worst = verdict
+                        row = {
+                            "model": args.model, "device": args.device, "dtype": dtype,
+                            "control": control, "seed": at, "property": name,
+                            "stratum": stratum or "mixed", "examples": len(samples),
+                            "failures": failures, "metric": worst.metric,
+                            "value": worst.value, "bound": worst.threshold,
+                            "severity": severity(worst), "path": worst.path,
+                            "layer": worst.worst.get("layer"),
+                            "max_tokens": max(sum(residue_count(s) + 2 for s in x.sequences)
+                                              for x in samples),
+                            "max_sequences": max(len(x.sequences) for x in samples),
+                            "seconds": round(time.perf_counter() - start, 2),
+                        }
+                        print(json.dumps(row), flush=True)
+                        if failures:
+                            print(worst.message(), file=sys.stderr, flush=True)
+                        if args.json:
+                            with args.json.open("a") as out:
+                                out.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The properties: one entry each, holding what it runs, its oracle and how it is fuzzed.
+
+The fuzz targets, corpus replay and the soak runner all go through :func:`get`, so a
+property means the same thing everywhere. A ``run`` gathers the forward outputs its
+oracle needs from a :class:`~esmfuzz.harness.Harness` and returns the oracle's verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from esmfuzz import properties as P
+from esmfuzz.properties import Sample, Verdict
+
+__all__ = ["PROPERTIES", "STRATA", "Property", "get"]
+
+STRATA = ("short", "medium", "long", "very_long")
+"""Length strata of the longest sequence in a layout (``strategies.LENGTH_STRATA``)."""
+CROWDED = "crowded"
+"""Dozens to hundreds of short proteins in one pack of thousands of tokens."""
+
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    summary: str
+    calls: tuple[str, ...]
+    """Implementations under test it calls: ``packed``, ``padded``."""
+    oracle: Callable[..., Verdict]
+    run: Callable[..., Verdict]
+    """``run(harness, sample, layers) -> Verdict``."""
+    samples: Callable[..., object]
+    """``samples(config, stratum) -> SearchStrategy[Sample]``."""
+    strata: tuple[str | None, ...] = (None,)
+    """One fuzz target per entry; None: one target over all lengths."""
+
+
+def _per_model(harness, kind: str, run) -> dict:
+    """``{label: run(model)}`` for each dtype path the implementation ``kind`` is checked on."""
+    out = {}
+    for model in harness.path_models(kind):
+        result = harness.tested(kind, model, lambda model=model: run(model))
+        if result is not None:
+            out[str(model.embed_tokens.weight.dtype)[6:]] = (model, result)
+    return out
+
+
+def _precision(harness, sample: Sample, layers, *, packed: bool) -> Verdict:
+    pair, seqs = harness.pair, sample.sequences
+    reference = harness.baseline(pair.reference, seqs, layers)
+    if packed:
+        candidate = harness.packed(pair.candidate, seqs, layers)
+    else:
+        candidate = harness.padded(pair.candidate, seqs, layers)
+    name = "packed_precision" if packed else "precision"
+    return P.precision(candidate, reference, harness.thresholds, name=name)
+
+
+def _error_ratio(harness, sample: Sample, layers) -> Verdict:
+    seqs = sample.sequences
+    oracle = harness.oracle(seqs, layers)
+    tested = {}
+    kinds = ["packed"] + (["padded"] if "padded" in harness.under_test_kinds() else [])
+    for kind in kinds:
+        forward = harness.packed if kind == "packed" else harness.padded
+        for label, (model, out) in _per_model(
+            harness, kind, lambda m, forward=forward: forward(m, seqs, layers)
+        ).items():
+            dtype = model.embed_tokens.weight.dtype
+            tested[f"{kind} {label}"] = (out, harness.baseline(model, seqs, layers), dtype)
+    return P.error_ratio(tested, oracle, harness.thresholds)
+
+
+def _finite(harness, sample: Sample, layers) -> Verdict:
+    pair, seqs = harness.pair, sample.sequences
+    layers = sorted(set(layers) | {pair.num_layers})
+    reference = harness.with_logits(pair.reference, harness.baseline(pair.reference, seqs, layers))
+    candidates = {
+        "packed": harness.with_logits(pair.candidate, harness.packed(pair.candidate, seqs, layers)),
+        "padded": harness.with_logits(pair.candidate, harness.padded(pair.candidate, seqs, layers)),
+    }
+    return P.finite(candidates, reference)
+
+
+def _statistics(harness, sample: Sample, layers) -> Verdict:
+    pair, seqs = harness.pair, sample.sequences
+    last = [pair.num_layers]
+    reference = harness.baseline(pair.reference, seqs, last)
+    candidates = {
+        "packed": harness.packed(pair.candidate, seqs, last),
+        "padded": harness.padded(pair.candidate, seqs, last),
+    }
+    return P.statistics(candidates, reference, harness.thresholds, layer=pair.num_layers)
+
+
+def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdict:
+    if sample.target is None:
+        raise ValueError(f"{name} needs a sample with target=, the sequence to follow")
+    seqs, target = sample.sequences, sample.target
+    alone = [seqs[target]]
+    if name == "isolation":
+        if sample.variant is None:
+            raise ValueError("isolation needs a sample with variant=, the layout to compare with")
+
+        def run(model):
+            first = harness.packed(model, seqs, layers)[target]
+            return first, harness.packed(model, sample.variant, layers)[sample.variant_target]
+    else:
+
+        def run(model):
+            among = harness.padded(model, seqs, layers, whole=True)[target]
+            return among, harness.padded(model, alone, layers)[0]
+
+    paths = {
+        f"{kind} {label}": (first, second, harness.baseline(model, alone, layers)[0],
+                            model.embed_tokens.weight.dtype)
+        for label, (model, (first, second)) in _per_model(harness, kind, run).items()
+    }
+    return P.context(paths, harness.oracle(alone, layers)[0], harness.thresholds, name=name,
+                     sequence=target)
+
+
+def _layouts(config, stratum, **options):
+    from strategies import packing_layouts, stratified_layouts
+
+    if stratum == CROWDED:
+        return _crowded(config)
+    if stratum is None:
+        return packing_layouts(**options)
+    return stratified_layouts(stratum, max_tokens=config.pack_tokens, **options)
+
+
+def _crowded(config):
+    from esmfuzz.harness import crowd_limits
+    from strategies import crowded_layouts
+
+    most, tokens = crowd_limits(config, profile="dev")
+    return crowded_layouts(max_sequences=most, max_tokens=tokens)
+
+
+def _plain(config, stratum, **options):
+    return _layouts(config, stratum, **options).map(Sample)
+
+
+def _pairs(config, stratum):
+    from hypothesis import strategies as st
+
+    from strategies import metamorphic_pairs, metamorphic_variants
+
+    if stratum != CROWDED:
+        pairs = metamorphic_pairs(max_sequences=6, max_tokens=config.pack_tokens)
+        return pairs.map(lambda p: Sample(p[0], p[1], p[2], p[3]))
+
+    @st.composite
+    def crowded_pairs(draw):
+        from strategies.layouts import _differ
+
+        layout = draw(_crowded(config).filter(lambda layout: len(layout) >= 2))
+        target = draw(st.integers(0, len(layout) - 1))
+        layout = [s if i == target else _differ(s, layout[target]) for i, s in enumerate(layout)]
+        variant, moved = draw(metamorphic_variants(layout, target))
+        return Sample(layout, target, variant, moved)
+
+    return crowded_pairs()
+
+
+def _shortest_among_longer(config, stratum):
+    from esmfuzz.alphabet import residue_count
+    from strategies import packing_layouts
+
+    def sample(layout):
+        lengths = [residue_count(s) for s in layout]
+        return Sample(layout, lengths.index(min(lengths)))
+
+    return packing_layouts(min_sequences=2, max_sequences=6, max_tokens=2048).map(sample)
+
+
+def _entries() -> tuple[Property, ...]:
+    return (
+        Property(
+            "error_ratio",
+            "packed (and padded) outputs vs the FP64 oracle, within k x fair-esm's own error",
+            ("packed", "padded"),
+            P.error_ratio,
+            _error_ratio,
+            _plain,
+            STRATA + (CROWDED,),
+        ),
+        Property(
+            "isolation",
+            "one sequence packed among other neighbours, in another order, agrees within noise",
+            ("packed",),
+            P.context,
+            lambda h, s, layers: _context(h, s, layers, kind="packed", name="isolation"),
+            _pairs,
+            (None, CROWDED),
+        ),
+        Property(
+            "packed_precision",
+            "candidate packed vs FP32 padded: cosine thresholds",
+            ("packed",),
+            P.precision,
+            lambda h, s, layers: _precision(h, s, layers, packed=True),
+            _plain,
+            STRATA,
+        ),
+        Property(
+            "finite",
+            "no NaN/Inf in the candidate's layers and logits where FP32 is finite",
+            ("packed", "padded"),
+            P.finite,
+            _finite,
+            _plain,
+            STRATA + (CROWDED,),
+        ),
+        Property(
+            "statistics",
+            "final-layer distribution statistics, candidate vs FP32",
+            ("packed", "padded"),
+            P.statistics,
+            _statistics,
+            lambda config, stratum: _plain(config, None, max_sequences=4, max_tokens=1024),
+        ),
+        Property(
+            "precision",
+            "candidate padded vs FP32 padded: cosine thresholds",
+            ("padded",),
+            P.precision,
+            lambda h, s, layers: _precision(h, s, layers, packed=False),
+            lambda config, stratum: _plain(config, stratum, max_sequences=4),
+            STRATA,
+        ),
+        Property(
+            "padding_invariance",
+            "a sequence alone vs padded among longer ones agrees within noise",
+            ("padded",),
+            P.context,
+            lambda h, s, layers: _context(h, s, layers, kind="padded", name="padding_invariance"),
+            _shortest_among_longer,
+        ),
+    )
+
+
+PROPERTIES: dict[str, Property] = {entry.name: entry for entry in _entries()}
+
+
+def get(name: str) -> Property:
+    try:
+        return PROPERTIES[name]
+    except KeyError:
+        raise ValueError(
+            f"property={name!r} is not one of {', '.join(PROPERTIES)}"
+        ) from None
