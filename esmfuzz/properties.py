@@ -49,6 +49,11 @@ class Sample:
         if self.variant is not None:
             object.__setattr__(self, "variant", tuple(self.variant))
         _check_index("target", self.target, len(self.sequences))
+        if (self.variant is None) != (self.variant_target is None):
+            raise ValueError(
+                f"variant and variant_target come together, got variant={self.variant!r} and "
+                f"variant_target={self.variant_target!r}"
+            )
         if self.variant is not None:
             _check_index("variant_target", self.variant_target, len(self.variant))
             if self.target is None:
@@ -116,6 +121,10 @@ class Thresholds:
             value = getattr(self, f.name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"threshold {f.name}={value!r} must be a finite number >= 0")
+        for name in ("error_ratio", "context_ratio"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"threshold {name}=0.0 must be above 0 (it multiplies the "
+                                 f"baseline's error; use ulp_floor for an absolute bound)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object], *, source: str = "thresholds"):
@@ -237,7 +246,7 @@ def precision(
 ) -> Verdict:
     """Residue-mean cosine and per-token minimum cosine of every sequence and layer."""
     checks = _Checks(name)
-    for s, (cand, ref) in enumerate(zip(candidate, reference)):
+    for s, (cand, ref) in enumerate(zip(candidate, reference, strict=True)):
         for layer in sorted(ref):
             checks.check(
                 "sequence_cosine",
@@ -306,7 +315,7 @@ def error_ratio(
     k = thresholds.error_ratio
     for label, (outputs, baseline, dtype) in tested.items():
         atol = thresholds.ulp_floor * torch.finfo(dtype).eps
-        for s, (out, base, ref) in enumerate(zip(outputs, baseline, oracle)):
+        for s, (out, base, ref) in enumerate(zip(outputs, baseline, oracle, strict=True)):
             for layer in sorted(ref):
                 _noise_bound(
                     checks,
@@ -331,7 +340,7 @@ def finite(candidates: Mapping[str, Outputs], reference: Outputs) -> Verdict:
     """No NaN/Inf in any candidate output where the reference is finite."""
     checks = _Checks("finite")
     for label, outputs in candidates.items():
-        for s, (cand, ref) in enumerate(zip(outputs, reference)):
+        for s, (cand, ref) in enumerate(zip(outputs, reference, strict=True)):
             for layer in sorted(ref, key=str):
                 bad = ~torch.isfinite(cand[layer]) & torch.isfinite(ref[layer])
                 count = int(bad.sum())
@@ -355,7 +364,7 @@ def statistics(
     """Distribution statistics of the final embedding: mean, spread, norms, outliers."""
     checks = _Checks("statistics")
     for label, outputs in candidates.items():
-        for s, (cand, ref) in enumerate(zip(outputs, reference)):
+        for s, (cand, ref) in enumerate(zip(outputs, reference, strict=True)):
             c, r = cand[layer], ref[layer]
             kw = {"layer": layer, "sequence": s, "at_least": False, "label": f"{label}: "}
             checks.check(

@@ -3,7 +3,7 @@
 Each run is a subprocess, ``python -m pytest fuzz/test_properties.py -k <target>``, in
 a temporary rootdir whose ``pyproject.toml`` holds a minimal ``[tool.esmfuzz]``, on
 the CPU under the ``ci`` profile, with a packed implementation from
-:mod:`tests.impls.packed` (one correct, one with a cross-boundary leak). The
+:mod:`tests.impls.packed` (a correct control, one with a cross-boundary leak). The
 synthetic checkpoint is written once into ``$ESMFUZZ_CACHE`` (a session temporary
 directory unless the variable is set). Runs are module-scoped fixtures: each one is
 paid for once and inspected by several tests.
@@ -73,8 +73,8 @@ def corpus_files(root: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def correct_run(tmp_path_factory, run_env):
     root = _workdir(tmp_path_factory, "correct")
-    done = fuzz(root, run_env, f"test_isolation or ({ERROR_RATIO_SHORT})",
-                "--esm-packed-impl", f"{IMPLS}:independent_packed")
+    done = fuzz(root, run_env, f"(test_isolation and mixed) or ({ERROR_RATIO_SHORT})",
+                "--esm-packed-impl", f"{IMPLS}:loop_packed")
     return root, done
 
 
@@ -97,6 +97,8 @@ def test_summary_table_lists_the_properties(correct_run):
     for row in rows:
         if row and row[0] in ("error_ratio", "isolation"):
             assert int(row[2]) >= 1 and row[3] == "0", row  # examples run, no failure
+            assert row[-1] == f"{IMPLS}:loop_packed", row  # the implementation it called
+    assert "reach: up to" in summary and "tokens per pack" in summary
 
 
 # --- a packed implementation with a cross-boundary leak fails, shrinks, is saved ------
@@ -220,6 +222,8 @@ def option_root(tmp_path_factory) -> Path:
     [
         (("--esm-dtype", "float8"), ["dtype='float8'", "float16, bfloat16, float32"]),
         (("--esm-threshold", "nosuch=1"), ["unknown threshold 'nosuch'", "token_cosine"]),
+        (("--esm-threshold", "error_ratio=nan"), ["error_ratio=nan", "finite number >= 0"]),
+        (("--esm-paths", "fp32"), ["paths='fp32'", "auto, both, candidate"]),
         (
             ("--esm-padded-impl", "no_such_module_xyz:forward"),
             ["--esm-padded-impl='no_such_module_xyz:forward'", "cannot import"],
