@@ -16,6 +16,8 @@ class Fault:
     max_residues: int = 64
     """Bound on the shrunk case: most faults need only a residue or two per sequence;
     faults that live past a tile or a length need that many residues."""
+    max_sequences: int = 6
+    """Bound on the shrunk case's sequence count."""
     cpu: bool = True
     """False where only a GPU run (long FP16 packs) can show the fault."""
     select: str | None = None
@@ -71,6 +73,24 @@ FAULTS = (
         "attention leak in big packs only",
         _packed("leak_in_big_packs"),
         max_residues=256,  # five sequences, one of 50+ residues: found in the medium stratum
+    ),
+    Fault(
+        "leak_past_32_sequences",
+        "attention leak in packs of more than 32 sequences",
+        _packed("leak_past_32_sequences"),
+        max_residues=33 * 8,
+        max_sequences=40,
+        select="crowded",
+        ci=True,
+    ),
+    Fault(
+        "leak_past_2048_tokens",
+        "attention leak past token 2048",
+        _packed("leak_past_2048_tokens"),
+        max_residues=2200,
+        max_sequences=40,
+        select="crowded",
+        ci=True,
     ),
     Fault(
         "missing_token_dropout_rescale",

@@ -79,6 +79,29 @@ class LeakInBigPacks(PackedForward):
         return varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
 
 
+class LeakPast32Sequences(PackedForward):
+    """Off by one only in packs of more than 32 sequences (a second kernel path for big
+    batches, as varlen kernels have)."""
+
+    def attention(self, q, k, v, cu_seqlens, max_seqlen, backend):
+        if cu_seqlens.numel() - 1 > 32:
+            cu_seqlens = cu_seqlens.clone()
+            cu_seqlens[1:-1] += 1
+            max_seqlen += 1
+        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
+
+
+class LeakPast2048Tokens(PackedForward):
+    """Off by one only at boundaries past token 2048 (an index that overflows a tile table)."""
+
+    def attention(self, q, k, v, cu_seqlens, max_seqlen, backend):
+        shifted = cu_seqlens.clone()
+        late = shifted > 2048
+        late[-1] = False
+        shifted[late] += 1
+        return varlen_attention(q, k, v, shifted, max_seqlen + 1, backend=backend)
+
+
 class MissingTokenDropoutRescale(PackedForward):
     """<mask> rows zeroed but the 0.88 / (1 - mask ratio) rescale left out."""
 
@@ -217,6 +240,8 @@ rotary_table_over_stream = RotaryTableOverStream()
 leak_every_boundary = LeakEveryBoundary()
 leak_past_first_tile = LeakPastFirstTile()
 leak_in_big_packs = LeakInBigPacks()
+leak_past_32_sequences = LeakPast32Sequences()
+leak_past_2048_tokens = LeakPast2048Tokens()
 missing_token_dropout_rescale = MissingTokenDropoutRescale()
 mask_ratio_over_pack = MaskRatioOverPack()
 mask_not_zeroed = MaskNotZeroed()
