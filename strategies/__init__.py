@@ -2,6 +2,7 @@
 metamorphic variants and invalid input. See DESIGN.md, section "Strategies"."""
 
 from strategies.layouts import (
+    crowded_layouts,
     cu_seqlens_of,
     metamorphic_pairs,
     metamorphic_variants,
@@ -19,6 +20,7 @@ from strategies.sequences import (
 __all__ = [
     "INVALID_KINDS",
     "LENGTH_STRATA",
+    "crowded_layouts",
     "cu_seqlens_of",
     "invalid_sequences",
     "metamorphic_pairs",

@@ -16,9 +16,10 @@ from esmfuzz.alphabet import (
     validate_sequence,
 )
 from strategies._validation import _check_bool, _check_int, _check_strategy, _lazy
-from strategies.sequences import _sequences
+from strategies.sequences import LENGTH_STRATA, _sequences
 
 __all__ = [
+    "crowded_layouts",
     "cu_seqlens_of",
     "metamorphic_pairs",
     "metamorphic_variants",
@@ -217,6 +218,93 @@ def packing_layouts(
             branches.append(one_long_among_short())
         branches.append(with_duplicate())
     return st.one_of(branches)
+
+
+_MEAN_FRAMES = 3.5  # frames per read: st.integers(1, 6)
+# Hypothesis allows 8 KiB of choices per example; reads get about half of it on
+# average, leaving the rest for the spread of pack sizes.
+_READ_BYTES = 4096
+
+
+def _frames(read: str, count: int) -> list[str]:
+    """The first ``count`` of a read's six frames: the read, then without its first one
+    and two residues, then the same three for the reversed read (never empty)."""
+    tokens = split_residues(read)
+    frames = []
+    for frame in range(count):
+        strand = tokens if frame < 3 else tokens[::-1]
+        frames.append("".join(strand[min(frame % 3, len(strand) - 1) :]))
+    return frames
+
+
+def _typical_residues(max_residues: int) -> float:
+    """Mean length of ``_sequences(1, max_residues)``: its strata's mean sizes, averaged."""
+    means = [
+        min(max(2 * low, low + 5), (low + min(high, max_residues)) / 2)
+        for low, high in LENGTH_STRATA.values()
+        if low <= max_residues
+    ]
+    return sum(means) / len(means)
+
+
+@_lazy
+def crowded_layouts(
+    *,
+    min_sequences: int = 2,
+    max_sequences: int = 256,
+    max_tokens: int = 16384,
+    max_residues: int = 170,
+    masks: bool = True,
+    rare: bool = True,
+) -> SearchStrategy[list[str]]:
+    """Production-shaped packs: dozens to hundreds of short proteins filling a big budget.
+
+    Production packs hold six-frame translations of sequencing reads, so each read
+    (a sequence of 1..``max_residues`` residues, with occasional ``<mask>`` and rare
+    residues unless ``masks``/``rare`` are False) adds 1..6 adjacent frames: itself,
+    itself without its first one or two residues, and the same three reversed.
+    Frames of very short reads coincide, giving duplicates, and reads often reach
+    ``max_residues``. Each sequence takes its residues plus <cls>/<eos> tokens.
+
+    A pack is a list of slots, each empty or a read (``one_of(none(), reads)``),
+    whose min_size is 1.25 times the reads that fit (by ``max_sequences``, by
+    ``max_tokens``, and by Hypothesis's 8 KiB of choices per example). About half
+    the slots hold a read, so a pack draws about 0.6 to 1.25 times what fits, not the
+    handful of elements a list with a small min_size averages; packs over
+    ``max_sequences`` or ``max_tokens`` are cut as in :func:`packing_layouts`, and
+    packs under ``min_sequences`` repeat their sequences. Emptying a slot removes
+    one read without moving the others, so examples shrink towards
+    ``min_sequences`` sequences of one 'L'; a failure that needs more than n
+    sequences shrinks to n + 1 of them, and one that needs more than t tokens to a
+    couple of dozen sequences totalling just over t (shrinking never lengthens one).
+    """
+    _check_counts(min_sequences, max_sequences, max_tokens, fewest=1)
+    _check_int("max_residues", max_residues, at_least=1)
+    if max_residues > MAX_RESIDUES:
+        raise InvalidArgument(
+            f"max_residues={max_residues!r} must be at most MAX_RESIDUES={MAX_RESIDUES}"
+        )
+    _check_bool("masks", masks)
+    _check_bool("rare", rare)
+
+    typical = _typical_residues(max_residues)
+    fits = min(
+        max_sequences / _MEAN_FRAMES,
+        max_tokens / (_MEAN_FRAMES * (typical + 2)),
+        _READ_BYTES / (typical + 8),  # a read costs about 8 choice bytes beyond its residues
+    )
+    slots = max(1, round(1.25 * fits))
+    reads = st.tuples(_sequences(1, max_residues, masks=masks, rare=rare), st.integers(1, 6))
+    packs = st.lists(st.one_of(st.none(), reads), min_size=slots, max_size=2 * slots)
+
+    def build(drawn: list[tuple[str, int] | None]) -> list[str]:
+        raw = [frame for slot in drawn if slot is not None for frame in _frames(*slot)]
+        if len(raw) < min_sequences:
+            cycle = raw or ["L"]
+            raw = [cycle[i % len(cycle)] for i in range(min_sequences)]
+        return _fit(raw, min_sequences, max_sequences, max_tokens)
+
+    return packs.map(build)
 
 
 def _differ(sequence: str, *others: str) -> str:

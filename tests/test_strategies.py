@@ -24,6 +24,7 @@ from esmfuzz.alphabet import (
 from strategies import (
     INVALID_KINDS,
     LENGTH_STRATA,
+    crowded_layouts,
     cu_seqlens_of,
     invalid_sequences,
     metamorphic_pairs,
@@ -430,4 +431,122 @@ def test_invalid_sequences_shrink_to_simple_cases():
 def test_bad_kinds_raise_at_draw_time(kinds):
     strategy = invalid_sequences(kinds=kinds)
     with pytest.raises(InvalidArgument, match="kinds"):
+        strategy.example()
+
+
+# --- crowded_layouts ---------------------------------------------------------------
+
+# The CI profile's pack shape: 6144 tokens, up to 128 sequences.
+CI_PACKS = {"max_sequences": 128, "max_tokens": 6144}
+
+
+def drawn_examples(strategy, n):
+    """The ``n`` examples a derandomized run with ``max_examples=n`` draws."""
+    drawn = []
+
+    @settings(max_examples=n, derandomize=True, database=None, deadline=None)
+    @given(strategy)
+    def collect(layout):
+        drawn.append(layout)
+
+    collect()
+    return drawn
+
+
+def check_crowded(layout, *, min_sequences=2, max_sequences=256, max_tokens=16384, longest=170):
+    assert min_sequences <= len(layout) <= max_sequences
+    assert tokens_of(layout) <= max_tokens
+    for sequence in layout:
+        validate_sequence(sequence)
+        assert 1 <= residue_count(sequence) <= longest
+
+
+@CHECK
+@given(crowded_layouts())
+def test_crowded_layouts_fit_their_bounds(layout):
+    check_crowded(layout)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_sequences": 5, "max_sequences": 7, "max_tokens": 40, "max_residues": 3},
+        {"min_sequences": 60, "max_sequences": 64, "max_tokens": 400},
+        {"min_sequences": 1, "max_sequences": 1, "max_tokens": 3, "max_residues": 1},
+        {"max_sequences": 40, "max_tokens": 20000, "max_residues": MAX_RESIDUES},
+    ],
+)
+def test_crowded_layouts_respect_tight_options(kwargs):
+    bounds = {k.replace("max_residues", "longest"): v for k, v in kwargs.items()}
+
+    @settings(CHECK, max_examples=20)
+    @given(crowded_layouts(**kwargs))
+    def check(layout):
+        check_crowded(layout, **bounds)
+
+    check()
+
+
+@settings(CHECK, max_examples=20)
+@given(crowded_layouts(masks=False, rare=False, **CI_PACKS))
+def test_crowded_masks_and_rare_can_be_turned_off(layout):
+    assert set("".join(layout)) <= set(STANDARD_RESIDUES)
+
+
+def test_crowded_layouts_are_big_within_six_examples():
+    sizes = [(len(x), tokens_of(x)) for x in drawn_examples(crowded_layouts(**CI_PACKS), 6)]
+    assert any(n >= 64 and t >= 4096 for n, t in sizes), sizes
+
+
+def test_default_crowded_layouts_are_big_within_twenty_examples():
+    sizes = [(len(x), tokens_of(x)) for x in drawn_examples(crowded_layouts(), 20)]
+    assert any(n >= 200 or t >= 12000 for n, t in sizes), sizes
+
+
+def test_crowded_layouts_hold_masks_rare_residues_duplicates_and_longest():
+    layouts = crowded_layouts(**CI_PACKS)
+    found(layouts, lambda layout: any(MASK in s for s in layout))
+    found(layouts, lambda layout: set("".join(layout)) & set(RARE_RESIDUES))
+    found(layouts, lambda layout: len(set(layout)) < len(layout) and len(set(layout)) > 10)
+    found(layouts, lambda layout: any(residue_count(s) == 170 for s in layout))
+
+
+def test_crowded_layouts_shrink_to_min_sequences_of_l():
+    layouts = crowded_layouts(min_sequences=3, **CI_PACKS)
+    assert find(layouts, lambda layout: True, settings=SHRINK) == ["L", "L", "L"]
+
+
+def test_crowded_layouts_shrink_to_just_over_a_sequence_count():
+    layout = find(crowded_layouts(**CI_PACKS), lambda layout: len(layout) > 32, settings=SHRINK)
+    assert 33 <= len(layout) <= 40
+    assert all(residue_count(s) == 1 for s in layout)
+
+
+def test_crowded_layouts_shrink_to_just_over_a_token_count():
+    layouts = crowded_layouts(**CI_PACKS)
+    layout = find(layouts, lambda layout: tokens_of(layout) > 2048, settings=SHRINK)
+    # Shortening a read by one residue shortens each of its (up to six) frames.
+    assert 2048 < tokens_of(layout) <= 2048 + 6
+    # Shrinking never lengthens a sequence, so a couple of dozen of mean length remain.
+    assert len(layout) <= 40
+    assert all(residue_count(s) <= 170 for s in layout)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"min_sequences": 0}, "min_sequences"),
+        ({"min_sequences": 9, "max_sequences": 8}, "max_sequences"),
+        ({"max_sequences": 8.0}, "max_sequences"),
+        ({"min_sequences": 10, "max_tokens": 29}, "max_tokens"),
+        ({"max_residues": 0}, "max_residues"),
+        ({"max_residues": MAX_RESIDUES + 1}, "max_residues"),
+        ({"max_residues": "170"}, "max_residues"),
+        ({"masks": 1}, "masks"),
+        ({"rare": None}, "rare"),
+    ],
+)
+def test_bad_crowded_options_raise_at_draw_time(kwargs, name):
+    strategy = crowded_layouts(**kwargs)
+    with pytest.raises(InvalidArgument, match=name):
         strategy.example()
