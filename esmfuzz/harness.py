@@ -26,6 +26,7 @@ from esmfuzz.forward import (
     PackedForward,
     load_implementation,
     oracle_forward,
+    packed_forward,
     padded_forward,
     run_packed,
     run_padded,
@@ -192,8 +193,16 @@ class Harness:
         )
 
     def baseline(self, model, sequences: Sequence[str], layers) -> list[dict]:
-        """fair-esm's own padded forward: the same-dtype baseline of every noise bound."""
+        """fair-esm's own padded forward, length-bucketed."""
         return self.padded(model, sequences, layers, trusted=True)
+
+    def baselines(self, model, sequences: Sequence[str], layers) -> list[list[dict]]:
+        """Two trusted computations in ``model``'s dtype that round differently: fair-esm's
+        padded forward, and esmfuzz's packed reference (FP32 rotary, varlen attention)."""
+        dtype = model.embed_tokens.weight.dtype
+        reference = run_packed(packed_forward, model, self.pair.alphabet, sequences, layers,
+                               backend=self._backend_for(dtype))
+        return [self.baseline(model, sequences, layers), reference]
 
     def path_models(self, kind: str) -> list:
         """The models whose dtype paths the implementation ``kind`` is checked on.

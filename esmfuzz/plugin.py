@@ -227,6 +227,7 @@ class FuzzRecorder:
                     "metric": worst.metric,
                     "value": _json_float(worst.value),
                     "threshold": _json_float(worst.threshold),
+                    "margin": _json_float(worst.margin),
                     "layer": worst.worst.get("layer"),
                     "path": worst.path,
                     "under_test": row["under_test"],
@@ -293,7 +294,7 @@ def check_and_record(
     stratum: str | None = None,
 ) -> Verdict:
     """One fuzz example: check, report to Hypothesis, save the final shrunk failure."""
-    stratum = stratum or stratum_of_layout(sample.sequences)
+    stratum = stratum or "mixed"
     count = len(sample.sequences)
     event(f"stratum={stratum}")
     event("sequences=" + next(b for n, b in _COUNT_BINS if count <= n))

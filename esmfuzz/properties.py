@@ -104,24 +104,29 @@ class Thresholds:
 
     sequence_cosine: float = 0.99
     token_cosine: float = 0.95
-    error_ratio: float = 2.0
-    """k in ``err(tested) <= k * err(baseline) + atol``; errors are RMS statistics."""
+    error_ratio: float = 8.0
+    """k in ``err(tested) <= k * err(baselines) + atol``; errors are RMS statistics. Correct
+    controls reached 1.7 (pooled baselines) and 5.4 (one baseline, 3B): docs/oracles.md."""
     ulp_floor: float = 1.0
     """atol of the error and context bounds, in ulps of the path's dtype (relative to the
     oracle's RMS), so an exactly-equal baseline cannot make the bound zero."""
-    context_ratio: float = 2.0
-    """k for one sequence in two contexts: ``diff <= k * err(baseline) + atol``."""
+    context_ratio: float = 8.0
+    """k for one sequence in two contexts: ``diff <= k * err(baselines) + atol``. Correct
+    controls reached 2.4 (pooled) and 5.1 (one baseline, 3B): docs/oracles.md."""
     mean_abs_diff: float = 0.01
     std_rel_diff: float = 0.05
     l2_norm_rel_diff: float = 0.05
     outlier_rel_diff: float = 0.25
+    statistics_ratio: float = 3.0
+    """A statistic also passes within this factor of fair-esm's own padded value in the
+    candidate dtype (bfloat16 alone moves 650M embeddings past mean_abs_diff 0.01)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"threshold {f.name}={value!r} must be a finite number >= 0")
-        for name in ("error_ratio", "context_ratio"):
+        for name in ("error_ratio", "context_ratio", "statistics_ratio"):
             if getattr(self, name) == 0:
                 raise ValueError(f"threshold {name}=0.0 must be above 0 (it multiplies the "
                                  f"baseline's error; use ulp_floor for an absolute bound)")
@@ -269,6 +274,22 @@ def precision(
     return checks.done()
 
 
+def _pooled(errors: Sequence[tuple[float, float, int]]) -> tuple[float, float, int]:
+    """Root-mean-square of each statistic over several baselines' errors.
+
+    Deep in a network the rounding error of one computation is dominated by a few
+    amplified directions, so one baseline's error can be small by chance (the ratio of
+    two such errors is heavy-tailed: docs/oracles.md); pooling independent baselines
+    makes the scale stable.
+    """
+    n = len(errors)
+    return (
+        math.sqrt(sum(e[0] ** 2 for e in errors) / n),
+        math.sqrt(sum(e[1] ** 2 for e in errors) / n),
+        errors[0][2],
+    )
+
+
 def _noise_bound(
     checks: _Checks,
     metric: str,
@@ -299,30 +320,35 @@ def _noise_bound(
 
 
 def error_ratio(
-    tested: Mapping[str, tuple[Outputs, Outputs, torch.dtype]],
+    tested: Mapping[str, tuple[Outputs, Sequence[Outputs], torch.dtype]],
     oracle: Outputs,
     thresholds: Thresholds,
 ) -> Verdict:
-    """Per path, sequence and layer: ``err(tested) <= k * err(baseline) + atol``.
+    """Per path, sequence and layer: ``err(tested) <= k * err(baselines) + atol``.
 
-    ``tested`` maps a label (``packed float32``) to (tested outputs, same-dtype padded
+    ``tested`` maps a label (``packed float32``) to (tested outputs, a list of same-dtype
     baseline outputs, that dtype). ``err`` is the RMS of the difference to ``oracle`` over
     the sequence's elements, and over its worst token, both relative to the oracle's RMS;
-    ``atol`` is ``ulp_floor`` ulps of the dtype. The reported value is
-    ``err / (err_baseline + atol / k)``, bounded by ``k`` = ``thresholds.error_ratio``.
+    ``err(baselines)`` pools the baselines' errors (:func:`_pooled`); ``atol`` is
+    ``ulp_floor`` ulps of the dtype. The reported value is
+    ``err / (err_baselines + atol / k)``, bounded by ``k`` = ``thresholds.error_ratio``.
     """
     checks = _Checks("error_ratio")
     k = thresholds.error_ratio
-    for label, (outputs, baseline, dtype) in tested.items():
+    for label, (outputs, baselines, dtype) in tested.items():
         atol = thresholds.ulp_floor * torch.finfo(dtype).eps
-        for s, (out, base, ref) in enumerate(zip(outputs, baseline, oracle, strict=True)):
+        for s, (out, ref) in enumerate(zip(outputs, oracle, strict=True)):
             for layer in sorted(ref):
+                errors = [
+                    metrics.relative_errors(base[s][layer].double() - ref[layer], ref[layer])
+                    for base in baselines
+                ]
                 _noise_bound(
                     checks,
                     "error_ratio",
                     label,
                     metrics.relative_errors(out[layer].double() - ref[layer], ref[layer]),
-                    metrics.relative_errors(base[layer].double() - ref[layer], ref[layer]),
+                    _pooled(errors),
                     k,
                     atol,
                     layer=layer,
@@ -330,8 +356,9 @@ def error_ratio(
                 )
     checks.verdict.notes.append(
         f"statistic: RMS error against the oracle, over the sequence and over its worst token, "
-        f"relative to the oracle's RMS; bound: tested <= {k:g} x (fair-esm's padded forward "
-        f"in the same dtype) + {thresholds.ulp_floor:g} ulp (docs/oracles.md)"
+        f"relative to the oracle's RMS; bound: tested <= {k:g} x (RMS of the same-dtype "
+        f"baselines' errors: fair-esm's padded forward and esmfuzz's packed reference) + "
+        f"{thresholds.ulp_floor:g} ulp (docs/oracles.md)"
     )
     return checks.done()
 
@@ -358,35 +385,49 @@ def finite(candidates: Mapping[str, Outputs], reference: Outputs) -> Verdict:
     return checks.done()
 
 
+def _distribution(c: torch.Tensor, r: torch.Tensor) -> dict[str, float]:
+    oc, orf = metrics.outlier_count(c), metrics.outlier_count(r)
+    return {
+        "mean_abs_diff": metrics.mean_abs_diff(c, r),
+        "std_rel_diff": metrics.std_rel_diff(c, r),
+        "l2_norm_rel_diff": metrics.l2_norm_rel_diff(c, r),
+        "outlier_rel_diff": abs(oc - orf) / max(orf, 16),
+    }
+
+
 def statistics(
-    candidates: Mapping[str, Outputs], reference: Outputs, thresholds: Thresholds, *, layer: int
+    candidates: Mapping[str, Outputs],
+    reference: Outputs,
+    thresholds: Thresholds,
+    *,
+    layer: int,
+    baseline: Outputs | None = None,
 ) -> Verdict:
-    """Distribution statistics of the final embedding: mean, spread, norms, outliers."""
+    """Distribution statistics of the final embedding: mean, spread, norms, outliers.
+
+    Each statistic passes under its threshold, or, given ``baseline`` (fair-esm's padded
+    forward in the candidate's dtype), within ``statistics_ratio`` times the baseline's own
+    value: low precision alone moves a large model's embeddings past a fixed threshold
+    (bfloat16 at 650M: mean_abs_diff 0.048), and that is the model, not the code under test.
+    Outlier counts differ by ``|a - b| / max(b, 16)``: a few values either side of 3 sigma
+    move between correct computations.
+    """
     checks = _Checks("statistics")
+    k = thresholds.statistics_ratio
     for label, outputs in candidates.items():
         for s, (cand, ref) in enumerate(zip(outputs, reference, strict=True)):
-            c, r = cand[layer], ref[layer]
-            kw = {"layer": layer, "sequence": s, "at_least": False, "label": f"{label}: "}
-            checks.check(
-                "mean_abs_diff", metrics.mean_abs_diff(c, r), thresholds.mean_abs_diff, **kw
-            )
-            checks.check("std_rel_diff", metrics.std_rel_diff(c, r), thresholds.std_rel_diff, **kw)
-            checks.check(
-                "l2_norm_rel_diff",
-                metrics.l2_norm_rel_diff(c, r),
-                thresholds.l2_norm_rel_diff,
-                **kw,
-            )
-            oc, orf = metrics.outlier_count(c), metrics.outlier_count(r)
-            checks.check(
-                "outlier_rel_diff", abs(oc - orf) / max(orf, 8), thresholds.outlier_rel_diff, **kw
-            )
+            r = ref[layer]
+            own = _distribution(baseline[s][layer], r) if baseline is not None else {}
+            for name, value in _distribution(cand[layer], r).items():
+                bound = max(getattr(thresholds, name), k * own.get(name, 0.0))
+                checks.check(name, value, bound, at_least=False, layer=layer, sequence=s,
+                             label=f"{label}: ")
     return checks.done()
 
 
 def context(
     paths: Mapping[str, tuple[Mapping[int, torch.Tensor], Mapping[int, torch.Tensor],
-                              Mapping[int, torch.Tensor], torch.dtype]],
+                              Sequence[Mapping[int, torch.Tensor]], torch.dtype]],
     oracle: Mapping[int, torch.Tensor],
     thresholds: Thresholds,
     *,
@@ -395,25 +436,26 @@ def context(
 ) -> Verdict:
     """One sequence computed in two contexts agrees to within the rounding noise of its dtype.
 
-    ``paths`` maps a label to (output in the first context, output in the second,
-    fair-esm's padded output of the sequence alone in the same dtype, that dtype). Two
-    correct computations each lie about ``err(baseline)`` from the exact result, so their
-    difference is bounded by ``k * err(baseline) + atol`` (``k`` = ``context_ratio``),
-    with the same RMS statistics as :func:`error_ratio`. A noise floor fixed in ulps does
+    ``paths`` maps a label to (output in the first context, output in the second, a list
+    of baseline outputs of the sequence alone in the same dtype, that dtype). Two correct
+    computations each lie about ``err(baselines)`` from the exact result, so their
+    difference is bounded by ``k * err(baselines) + atol`` (``k`` = ``context_ratio``),
+    with the same pooled RMS statistics as :func:`error_ratio`. A noise floor fixed in ulps does
     not hold across model sizes: kernels chosen by token count round rows differently.
     """
     checks = _Checks(name)
     k = thresholds.context_ratio
-    for label, (first, second, baseline, dtype) in paths.items():
+    for label, (first, second, baselines, dtype) in paths.items():
         atol = thresholds.ulp_floor * torch.finfo(dtype).eps
         for layer in sorted(oracle):
             ref = oracle[layer]
+            errors = [metrics.relative_errors(b[layer].double() - ref, ref) for b in baselines]
             _noise_bound(
                 checks,
                 "context_ratio",
                 label,
                 metrics.relative_errors(first[layer].double() - second[layer].double(), ref),
-                metrics.relative_errors(baseline[layer].double() - ref, ref),
+                _pooled(errors),
                 k,
                 atol,
                 layer=layer,
@@ -421,7 +463,7 @@ def context(
             )
     checks.verdict.notes.append(
         f"statistic: RMS difference between the two contexts, over the sequence and over its "
-        f"worst token, relative to the oracle's RMS; bound: {k:g} x (fair-esm's padded error "
-        f"in the same dtype) + {thresholds.ulp_floor:g} ulp (docs/oracles.md)"
+        f"worst token, relative to the oracle's RMS; bound: {k:g} x (RMS of the same-dtype "
+        f"baselines' errors) + {thresholds.ulp_floor:g} ulp (docs/oracles.md)"
     )
     return checks.done()

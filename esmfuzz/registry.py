@@ -68,7 +68,7 @@ def _error_ratio(harness, sample: Sample, layers) -> Verdict:
             harness, kind, lambda m, forward=forward: forward(m, seqs, layers)
         ).items():
             dtype = model.embed_tokens.weight.dtype
-            tested[f"{kind} {label}"] = (out, harness.baseline(model, seqs, layers), dtype)
+            tested[f"{kind} {label}"] = (out, harness.baselines(model, seqs, layers), dtype)
     return P.error_ratio(tested, oracle, harness.thresholds)
 
 
@@ -91,7 +91,8 @@ def _statistics(harness, sample: Sample, layers) -> Verdict:
         "packed": harness.packed(pair.candidate, seqs, last),
         "padded": harness.padded(pair.candidate, seqs, last),
     }
-    return P.statistics(candidates, reference, harness.thresholds, layer=pair.num_layers)
+    return P.statistics(candidates, reference, harness.thresholds, layer=pair.num_layers,
+                        baseline=harness.baseline(pair.candidate, seqs, last))
 
 
 def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdict:
@@ -113,7 +114,8 @@ def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdic
             return among, harness.padded(model, alone, layers)[0]
 
     paths = {
-        f"{kind} {label}": (first, second, harness.baseline(model, alone, layers)[0],
+        f"{kind} {label}": (first, second,
+                            [out[0] for out in harness.baselines(model, alone, layers)],
                             model.embed_tokens.weight.dtype)
         for label, (model, (first, second)) in _per_model(harness, kind, run).items()
     }
