@@ -74,9 +74,11 @@ def _row(args, harness, entry, stratum, at, layers) -> dict:
             worst = verdict
     if failures:
         print(worst.message(), file=sys.stderr, flush=True)
+    tested = harness.under_test(entry.name)
     return {
         "model": config.model, "device": config.device, "dtype": config.dtype,
-        "control": config.packed_impl, "seed": at, "property": entry.name,
+        "control": tested[0].split()[-1] if tested else config.packed_impl,
+        "seed": at, "property": entry.name,
         "stratum": stratum or "mixed", "examples": len(samples), "failures": failures,
         "metric": worst.metric, "value": worst.value, "bound": worst.threshold,
         "severity": severity(worst), "path": worst.path, "layer": worst.worst.get("layer"),
@@ -91,7 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="synthetic:esm2_t6_8M_UR50D")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", default=["float16"])
-    parser.add_argument("--controls", nargs="+", default=list(CONTROLS))
+    parser.add_argument("--controls", nargs="+", default=list(CONTROLS),
+                        help="packed forwards (module:function), or padded=module:function")
     parser.add_argument("--seeds", default="1-3", help="N or N-M")
     parser.add_argument("--examples", type=int, default=6, help="samples per target and seed")
     parser.add_argument("--properties", nargs="+", default=list(PROPERTIES))
@@ -107,16 +110,18 @@ def main(argv=None) -> int:
     for dtype in args.dtypes:
         for at in _seeds(args.seeds):
             for control in args.controls:
+                kind, _, impl = control.rpartition("=")
                 config = Config(model=args.model, device=args.device, dtype=dtype,
-                                packed_impl=control, crowd_tokens=args.crowd_tokens)
+                                crowd_tokens=args.crowd_tokens,
+                                **{f"{kind or 'packed'}_impl": impl})
                 most, tokens = crowd_limits(config, profile="dev")
                 config = dataclasses.replace(config, crowd_sequences=most, crowd_tokens=tokens)
                 harness = harness_for(config)
                 layers = harness.all_layers if args.layers == "all" else harness.layers
                 for name in args.properties:
                     entry = PROPERTIES[name]
-                    if "packed" not in entry.calls and control != args.controls[0]:
-                        continue  # runs no packed forward: the same for every control
+                    if (kind or "packed") not in entry.calls and control != args.controls[0]:
+                        continue  # never calls this control: the same for every control
                     for stratum in entry.strata:
                         if time.monotonic() > deadline:
                             return 0

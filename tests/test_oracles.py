@@ -157,7 +157,7 @@ def _error_case(dtype, thresholds, factor, *, seq=1, layer=5, label=None):
     assert tok_b > e_b * 1.05
     target = factor * (k * e_b + atol)
     tested[seq][layer] = ref + target * rms(ref) * signs(ref.shape[0], seed=11)
-    verdict = error_ratio({label: (tested, baseline, dtype)}, oracle, thresholds)
+    verdict = error_ratio({label: (tested, [baseline], dtype)}, oracle, thresholds)
     return verdict, target / (e_b + atol / k)
 
 
@@ -200,15 +200,16 @@ def test_error_ratio_rms_just_past_fails(dtype, thresholds):
 def test_error_ratio_exactly_at_k_passes():
     """ulp_floor = 0 and integer errors: the ratio is exactly k, and the bound is ``<=``."""
     th = Thresholds(ulp_floor=0.0)
+    k = th.error_ratio
     s = signs(5, seed=3)
     oracle = [{0: torch.ones(5, D, dtype=F64)}]
     baseline = [{0: oracle[0][0] + s}]  # error RMS exactly 1, scale exactly 1
-    at = error_ratio({"p": ([{0: oracle[0][0] + 2 * s}], baseline, torch.float32)}, oracle, th)
-    assert at.ok and at.value == 2.0 and at.margin == 0.0
+    at = error_ratio({"p": ([{0: oracle[0][0] + k * s}], [baseline], torch.float32)}, oracle, th)
+    assert at.ok and at.value == k and at.margin == 0.0
     past = error_ratio(
-        {"p": ([{0: oracle[0][0] + 2 * (1 + 2**-30) * s}], baseline, torch.float32)}, oracle, th
+        {"p": ([{0: oracle[0][0] + k * (1 + 2**-30) * s}], [baseline], torch.float32)}, oracle, th
     )
-    assert not past.ok and past.value > 2.0
+    assert not past.ok and past.value > k
 
 
 @pytest.mark.parametrize("token", [0, 4, 7])
@@ -229,7 +230,7 @@ def test_error_ratio_worst_token(token, factor, ok, dtype):
     tok_b = 1e-3 / rms(ref)
     target = factor * (k * tok_b + atol)
     tested[1][5] = ref + target * rms(ref) * one_token(rows, token, seed=9)
-    verdict = error_ratio({"packed float32": (tested, baseline, dtype)}, oracle, th)
+    verdict = error_ratio({"packed float32": (tested, [baseline], dtype)}, oracle, th)
     assert verdict.ok is ok, verdict.message()
     assert verdict.value == pytest.approx(target / (tok_b + atol / k), rel=1e-9)
     assert verdict.value == pytest.approx(k * factor, rel=1e-9)
@@ -243,7 +244,7 @@ def test_error_ratio_worst_token(token, factor, ok, dtype):
         assert verdict.violations == []
     else:
         assert verdict.violations == [
-            f"packed float32 token: error_ratio={verdict.value:.6g} (needs <= 2) "
+            f"packed float32 token: error_ratio={verdict.value:.6g} (needs <= {k:g}) "
             f"at layer 5, sequence 1, token {token}"
         ]
         assert verdict.first_layer == 5
@@ -260,9 +261,9 @@ def test_error_ratio_zero_baseline_is_bounded_by_atol(dtype):
         tested = copy_outputs(oracle)
         ref = oracle[0][0]
         tested[0][0] = ref + factor * atol * rms(ref) * signs(ref.shape[0], seed=4)
-        return error_ratio({"packed x": (tested, exact, dtype)}, oracle, th)
+        return error_ratio({"packed x": (tested, [exact], dtype)}, oracle, th)
 
-    same = error_ratio({"packed x": (copy_outputs(oracle), exact, dtype)}, oracle, th)
+    same = error_ratio({"packed x": (copy_outputs(oracle), [exact], dtype)}, oracle, th)
     assert same.ok and same.value == 0.0
     inside, past = run(INSIDE), run(PAST)
     assert inside.ok, inside.message()
@@ -291,7 +292,7 @@ def test_error_ratio_first_layer_is_the_smallest_failing_layer():
         ref = oracle[s][layer]
         e_b = 1e-3 / rms(ref)
         tested[s][layer] = ref + factor * (k * e_b + atol) * rms(ref) * signs(ref.shape[0], 8)
-    verdict = error_ratio({"packed float32": (tested, baseline, torch.float32)}, oracle, th)
+    verdict = error_ratio({"packed float32": (tested, [baseline], torch.float32)}, oracle, th)
     assert not verdict.ok
     assert verdict.first_layer == 2
     assert verdict.worst["layer"] == 6 and verdict.worst["sequence"] == 0
@@ -308,8 +309,8 @@ def test_error_ratio_names_the_failing_path():
     bad[0][0] = oracle[0][0] + 10 * (bad[0][0] - oracle[0][0])
     verdict = error_ratio(
         {
-            "packed float32": (good, baseline, torch.float32),
-            "packed float16": (bad, baseline, torch.float16),
+            "packed float32": (good, [baseline], torch.float32),
+            "packed float16": (bad, [baseline], torch.float16),
         },
         oracle,
         th,
@@ -326,7 +327,7 @@ def test_error_ratio_non_finite_tested_fails():
     baseline = noisy(oracle, 1e-3, seed=7)
     tested = copy_outputs(baseline)
     tested[1][0][2, 3] = float("nan")
-    verdict = error_ratio({"packed float16": (tested, baseline, torch.float16)}, oracle,
+    verdict = error_ratio({"packed float16": (tested, [baseline], torch.float16)}, oracle,
                           Thresholds())
     assert not verdict.ok
     assert math.isnan(verdict.value)
@@ -380,7 +381,7 @@ def _context_paths(dtype, thresholds, factor, *, token=None, zero_baseline=False
         pattern = one_token(7, token, seed=51)
     diff = factor * (k * err_b + atol)
     second[3] = first[3] - diff * rms(ref) * pattern
-    paths = {"packed " + str(dtype)[6:]: (first, second, baseline, dtype)}
+    paths = {"packed " + str(dtype)[6:]: (first, second, [baseline], dtype)}
     return paths, oracle, diff / (err_b + atol / k)
 
 
@@ -446,7 +447,7 @@ def test_context_identical_contexts_give_zero():
     assert verdict.violations == []
     (note,) = verdict.notes
     assert "statistic: RMS difference between the two contexts" in note
-    assert "bound: 2 x" in note
+    assert f"bound: {th.context_ratio:g} x" in note
 
 
 def test_context_uses_context_ratio_not_error_ratio():
@@ -463,7 +464,7 @@ def test_context_first_layer():
     second = {layer: t.clone() for layer, t in oracle.items()}
     second[4] = second[4] + 1.0
     second[2] = second[2] + 0.1
-    paths = {"padded float32": (first, second, oracle, torch.float32)}
+    paths = {"padded float32": (first, second, [oracle], torch.float32)}
     verdict = context(paths, oracle, th, name="padding_invariance", sequence=0)
     assert not verdict.ok
     assert verdict.first_layer == 2
@@ -719,17 +720,38 @@ def test_statistics_l2_norm_rel_diff(token, scale, factor, ok):
         ]
 
 
-@pytest.mark.parametrize("extra,ok", [(2, True), (3, False)])
+def _with_outliers(x: torch.Tensor, count: int, stride: int = 37, start: int = 0) -> torch.Tensor:
+    """``x`` with ``count`` values set to 10, far past 3 standard deviations of U(-1, 1)."""
+    out = x.clone()
+    out.view(-1)[start + torch.arange(count) * stride] = 10.0
+    assert metrics.outlier_count(out) == metrics.outlier_count(x) + count
+    return out
+
+
+LOOSE = dict(mean_abs_diff=1.0, std_rel_diff=10.0, l2_norm_rel_diff=10.0)
+
+
+@pytest.mark.parametrize("extra,ok", [(4, True), (5, False)])
 def test_statistics_outlier_rel_diff(extra, ok):
-    """Outlier counts relative to max(reference count, 8): 2 / 8 = 0.25 passes, 3 / 8 not."""
+    """Outlier counts relative to max(reference count, 16): 4 / 16 = 0.25 passes, 5 / 16 not."""
     ref = _uniform(40, seed=140)
     assert metrics.outlier_count(ref) == 0
-    cand = ref.clone()
-    cand.view(-1)[torch.arange(extra) * 37] = 10.0
-    assert metrics.outlier_count(cand) == extra
-    th = Thresholds(mean_abs_diff=1.0, std_rel_diff=10.0, l2_norm_rel_diff=10.0)
-    verdict = _stats(cand, ref, th)
-    assert verdict.metrics["outlier_rel_diff"] == extra / 8
+    cand = _with_outliers(ref, extra)
+    verdict = _stats(cand, ref, Thresholds(**LOOSE))
+    assert verdict.metrics["outlier_rel_diff"] == extra / 16
+    assert verdict.ok is ok, verdict.message()
+    if not ok:
+        assert verdict.metric == "outlier_rel_diff" and verdict.threshold == 0.25
+
+
+@pytest.mark.parametrize("extra,ok", [(5, True), (6, False)])
+def test_statistics_outlier_rel_diff_above_the_floor(extra, ok):
+    """A reference with 20 outliers (> 16) is its own scale: 5 / 20 = 0.25 passes, 6 / 20 not."""
+    ref = _with_outliers(_uniform(200, seed=141), 20, stride=97)
+    assert metrics.outlier_count(ref) == 20
+    cand = _with_outliers(ref, extra, stride=89, start=1)
+    verdict = _stats(cand, ref, Thresholds(**LOOSE))
+    assert verdict.metrics["outlier_rel_diff"] == extra / 20
     assert verdict.ok is ok, verdict.message()
 
 
@@ -743,6 +765,116 @@ def test_statistics_checks_every_path_and_sequence():
     assert verdict.worst == {"layer": 6, "sequence": 1, "token": None}
     assert verdict.path == "padded"
     assert all(v.startswith("padded: ") for v in verdict.violations)
+
+
+# --------------------------------------------------------------------------- statistics baseline
+
+
+def _stats_b(cand, ref, base, th, layer=6):
+    return statistics({"packed": [{layer: cand}]}, [{layer: ref}], th, layer=layer,
+                      baseline=[{layer: base}])
+
+
+def _scaled_token(ref: torch.Tensor, token: int, eps: float) -> torch.Tensor:
+    out = ref.clone()
+    out[token] *= 1 + eps
+    return out
+
+
+# (statistic, reference, perturbation(ref, value) giving the statistic exactly ``value``,
+# the baseline's own value: above the fixed threshold; the other checks are loosened).
+BASELINE_CASES = {
+    "mean_abs_diff": (lambda: _uniform(10, seed=170),
+                      lambda r, v: r + v * signs(10, seed=171), 0.02),
+    "std_rel_diff": (lambda: _uniform(10, seed=172, scale=0.05),
+                     lambda r, v: r * (1 + v), 0.1),
+    "l2_norm_rel_diff": (lambda: _uniform(10, seed=173, scale=0.05),
+                         lambda r, v: _scaled_token(r, 4, v), 0.1),
+}
+LOOSE_EXCEPT = {
+    name: {**{n: 10.0 for n in (*BASELINE_CASES, "outlier_rel_diff")}, name: value}
+    for name, value in Thresholds().as_dict().items() if name in BASELINE_CASES
+}
+
+
+@pytest.mark.parametrize("ratio", [3.0, 1.5])
+@pytest.mark.parametrize("factor,ok", [(INSIDE, True), (PAST, False)])
+@pytest.mark.parametrize("name", list(BASELINE_CASES))
+def test_statistics_baseline_widens_the_bound(name, factor, ok, ratio):
+    """Above its fixed threshold, a statistic passes within statistics_ratio x the baseline's
+    own value of it, and fails just past that."""
+    th = Thresholds(statistics_ratio=ratio, **LOOSE_EXCEPT[name])
+    make_ref, perturb, own = BASELINE_CASES[name]
+    fixed = getattr(th, name)
+    assert own > fixed
+    ref = make_ref()
+    base = perturb(ref, own)
+    cand = perturb(ref, ratio * own * factor)
+    assert _stats(base, ref, th).metrics[name] == pytest.approx(own, rel=1e-9)
+    verdict = _stats_b(cand, ref, base, th)
+    assert verdict.metrics[name] == pytest.approx(ratio * own * factor, rel=1e-9)
+    assert verdict.ok is ok, verdict.message()
+    if ok:
+        assert verdict.violations == []
+    else:
+        assert verdict.metric == name
+        assert verdict.threshold == pytest.approx(ratio * own, rel=1e-9)
+        assert verdict.violations == [
+            f"packed: {name}={verdict.value:.6g} (needs <= {verdict.threshold:g}) "
+            f"at layer 6, sequence 0"
+        ]
+        assert verdict.first_layer == 6
+    # Without a baseline the fixed threshold applies, and the same candidate fails.
+    alone = _stats(cand, ref, th)
+    assert not alone.ok
+    assert alone.metric == name and alone.threshold == fixed
+
+
+@pytest.mark.parametrize("factor,ok", [(INSIDE, True), (PAST, False)])
+def test_statistics_small_baseline_keeps_the_fixed_threshold(factor, ok):
+    """ratio x own below the threshold: the bound is the threshold, not ratio x own."""
+    th = Thresholds()
+    ref = _uniform(10, seed=180)
+    base = ref + 0.001 * signs(10, seed=181)  # 3 x 0.001 < 0.01
+    cand = ref + 0.01 * factor * signs(10, seed=182)
+    verdict = _stats_b(cand, ref, base, th)
+    assert verdict.metrics["mean_abs_diff"] == pytest.approx(0.01 * factor, rel=1e-9)
+    assert verdict.ok is ok, verdict.message()
+    if not ok:
+        assert verdict.metric == "mean_abs_diff" and verdict.threshold == 0.01
+    exact = _stats_b(cand, ref, ref.clone(), th)  # a baseline equal to the reference
+    assert exact.ok is ok
+
+
+@pytest.mark.parametrize("extra,ok", [(15, True), (16, False)])
+def test_statistics_baseline_outliers_exactly_at_the_bound(extra, ok):
+    """Baseline 5 outliers over none: own 5 / 16, bound 3 x 5 / 16 = 15 / 16 exactly."""
+    th = Thresholds(**LOOSE)
+    ref = _uniform(40, seed=190)
+    base = _with_outliers(ref, 5, stride=31)
+    cand = _with_outliers(ref, extra)
+    verdict = _stats_b(cand, ref, base, th)
+    assert verdict.metrics["outlier_rel_diff"] == extra / 16
+    assert verdict.ok is ok, verdict.message()
+    assert verdict.metric == "outlier_rel_diff"
+    assert verdict.threshold == th.statistics_ratio * 5 / 16 == 15 / 16
+    assert not _stats(cand, ref, th).ok
+
+
+def test_statistics_baseline_is_per_sequence():
+    """Sequence s is bounded by baseline[s]: a wide baseline of one sequence does not widen
+    another's bound."""
+    th = Thresholds()
+    refs = [{6: _uniform(5, seed=200)}, {6: _uniform(7, seed=201)}]
+    base = [{6: refs[0][6] + 0.02 * signs(5, seed=202)}, {6: refs[1][6].clone()}]
+    cand = [{6: refs[0][6] + 0.05 * signs(5, seed=203)},
+            {6: refs[1][6] + 0.05 * signs(7, seed=204)}]
+    verdict = statistics({"packed": cand}, refs, th, layer=6, baseline=base)
+    assert not verdict.ok
+    assert verdict.worst == {"layer": 6, "sequence": 1, "token": None}
+    assert [v for v in verdict.violations if "mean_abs_diff" in v] == [
+        "packed: mean_abs_diff=0.05 (needs <= 0.01) at layer 6, sequence 1"
+    ]
 
 
 # --------------------------------------------------------------------------- Thresholds
@@ -766,13 +898,14 @@ def test_thresholds_defaults():
     assert Thresholds().as_dict() == {
         "sequence_cosine": 0.99,
         "token_cosine": 0.95,
-        "error_ratio": 2.0,
+        "error_ratio": 8.0,
         "ulp_floor": 1.0,
-        "context_ratio": 2.0,
+        "context_ratio": 8.0,
         "mean_abs_diff": 0.01,
         "std_rel_diff": 0.05,
         "l2_norm_rel_diff": 0.05,
         "outlier_rel_diff": 0.25,
+        "statistics_ratio": 3.0,
     }
 
 
@@ -871,7 +1004,7 @@ def test_sample_variant_without_variant_target_is_a_value_error():
 # --------------------------------------------------------------------------- zero ratios
 
 
-@pytest.mark.parametrize("name", ["error_ratio", "context_ratio"])
+@pytest.mark.parametrize("name", ["error_ratio", "context_ratio", "statistics_ratio"])
 def test_zero_ratio_is_rejected(name):
     with pytest.raises(ValueError, match=f"{name}=0.0 must be above 0"):
         Thresholds(**{name: 0.0})
@@ -881,26 +1014,31 @@ def test_zero_ratio_is_rejected(name):
 
 
 def test_verdict_message_of_error_ratio_failure():
-    verdict, _ = _error_case(torch.float16, Thresholds(), PAST, seq=0, layer=5)
+    th = Thresholds()
+    k = th.error_ratio
+    verdict, _ = _error_case(torch.float16, th, PAST, seq=0, layer=5)
     msg = verdict.message()
     first = msg.splitlines()[0]
     assert first == (
-        f"property 'error_ratio' violated: error_ratio={verdict.value:.6g} against threshold 2 "
-        f"at layer 5, sequence 0 of the packed float16 rms output"
+        f"property 'error_ratio' violated: error_ratio={verdict.value:.6g} against threshold "
+        f"{k:g} at layer 5, sequence 0 of the packed float16 rms output"
     )
-    assert f"{verdict.value:.6g}".startswith("2.002")
+    assert f"{verdict.value:.6g}" == f"{k * PAST:.6g}"
     assert "first diverging layer: 5" in msg
     assert "  - packed float16 rms: error_ratio=" in msg
     assert "note: statistic: RMS error against the oracle" in msg
-    assert "bound: tested <= 2 x (fair-esm's padded forward in the same dtype) + 1 ulp" in msg
+    assert f"bound: tested <= {k:g} x (RMS of the same-dtype baselines' errors" in msg
 
 
 def test_verdict_message_of_token_failure_names_the_token():
     th = Thresholds()
+    k = th.context_ratio
     paths, oracle, _ = _context_paths(torch.float16, th, PAST, token=2)
     msg = context(paths, oracle, th, name="isolation", sequence=4).message()
-    assert msg.startswith("property 'isolation' violated: context_ratio=2.002 against threshold 2 "
-                          "at layer 3, sequence 4, token 2 of the packed float16 token output")
+    assert msg.startswith(
+        f"property 'isolation' violated: context_ratio={k * PAST:.6g} against threshold {k:g} "
+        f"at layer 3, sequence 4, token 2 of the packed float16 token output"
+    )
     assert "note: statistic: RMS difference between the two contexts" in msg
 
 
@@ -925,3 +1063,23 @@ def test_verdict_message_holds_and_truncates():
     assert lines[0] == "property 'p' violated: m=3 against threshold 2 at the whole output"
     assert lines[1:9] == [f"  - v{i}" for i in range(8)]
     assert lines[9:] == ["  ... and 3 more", "note: why"]
+
+
+def test_error_ratio_pools_baselines_by_root_mean_square():
+    """One baseline exactly on the oracle and one at error e pool to e / sqrt(2)."""
+    th = Thresholds()
+    oracle = oracle_outputs()
+    noisy_one = noisy(oracle, 1e-3, seed=3)
+    e = metrics.relative_errors(noisy_one[0][0] - oracle[0][0], oracle[0][0])[0]
+    pooled = e / math.sqrt(2)
+    atol = th.ulp_floor * torch.finfo(torch.float32).eps
+    bound = th.error_ratio * pooled + atol
+    for factor, ok in ((1 - 1e-6, True), (1 + 1e-3, False)):
+        tested = copy_outputs(oracle)
+        tested[0][0] = oracle[0][0] + (noisy_one[0][0] - oracle[0][0]) * (bound * factor / e)
+        verdict = error_ratio(
+            {"packed float32": (tested, [copy_outputs(oracle), noisy_one], torch.float32)},
+            oracle, th,
+        )
+        rms_failed = any(v.startswith("packed float32 rms:") for v in verdict.violations)
+        assert rms_failed is not ok, verdict.message()
