@@ -98,7 +98,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="1-3", help="N or N-M")
     parser.add_argument("--examples", type=int, default=6, help="samples per target and seed")
     parser.add_argument("--properties", nargs="+", default=list(PROPERTIES))
-    parser.add_argument("--crowd-tokens", type=int, default=0)
+    parser.add_argument("--strata", nargs="+", help="only these strata (mixed: the targets "
+                        "over all lengths)")
+    parser.add_argument("--crowd-tokens", type=int, default=0,
+                        help="token budget of the crowded stratum (0: 16384, as dev and soak)")
+    parser.add_argument("--crowd-sequences", type=int, default=0,
+                        help="most sequences of a crowded pack (0: 256)")
     parser.add_argument("--layers", choices=("all", "checked"), default="all",
                         help="check every layer, or those pytest fuzz/ checks (0, 1, L/2, L)")
     parser.add_argument("--json", type=Path, help="append one JSON line per row to this file")
@@ -113,6 +118,7 @@ def main(argv=None) -> int:
                 kind, _, impl = control.rpartition("=")
                 config = Config(model=args.model, device=args.device, dtype=dtype,
                                 crowd_tokens=args.crowd_tokens,
+                                crowd_sequences=args.crowd_sequences,
                                 **{f"{kind or 'packed'}_impl": impl})
                 most, tokens = crowd_limits(config, profile="dev")
                 config = dataclasses.replace(config, crowd_sequences=most, crowd_tokens=tokens)
@@ -123,6 +129,8 @@ def main(argv=None) -> int:
                     if (kind or "packed") not in entry.calls and control != args.controls[0]:
                         continue  # never calls this control: the same for every control
                     for stratum in entry.strata:
+                        if args.strata and (stratum or "mixed") not in args.strata:
+                            continue
                         if time.monotonic() > deadline:
                             return 0
                         row = _row(args, harness, entry, stratum, at, layers)
