@@ -128,8 +128,8 @@ class Thresholds:
                 raise ValueError(f"threshold {f.name}={value!r} must be a finite number >= 0")
         for name in ("error_ratio", "context_ratio", "statistics_ratio"):
             if getattr(self, name) == 0:
-                raise ValueError(f"threshold {name}=0.0 must be above 0 (it multiplies the "
-                                 f"baseline's error; use ulp_floor for an absolute bound)")
+                raise ValueError(f"threshold {name}=0.0 must be above 0 (it multiplies a "
+                                 f"baseline's own value)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object], *, source: str = "thresholds"):
@@ -283,6 +283,8 @@ def _pooled(errors: Sequence[tuple[float, float, int]]) -> tuple[float, float, i
     makes the scale stable.
     """
     n = len(errors)
+    if not n:
+        raise ValueError("a noise bound needs at least one baseline")
     return (
         math.sqrt(sum(e[0] ** 2 for e in errors) / n),
         math.sqrt(sum(e[1] ** 2 for e in errors) / n),
@@ -419,7 +421,8 @@ def statistics(
             r = ref[layer]
             own = _distribution(baseline[s][layer], r) if baseline is not None else {}
             for name, value in _distribution(cand[layer], r).items():
-                bound = max(getattr(thresholds, name), k * own.get(name, 0.0))
+                relaxed = k * own.get(name, 0.0)
+                bound = max(getattr(thresholds, name), relaxed if math.isfinite(relaxed) else 0.0)
                 checks.check(name, value, bound, at_least=False, layer=layer, sequence=s,
                              label=f"{label}: ")
     return checks.done()
