@@ -20,6 +20,7 @@ from esm.modules import gelu
 from esm.rotary_embedding import rotate_half
 
 __all__ = [
+    "half_only_packed",
     "CONTROLS",
     "blockdiag_packed",
     "independent_packed",
@@ -199,3 +200,12 @@ def leaky_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers):
     bounds = cu_seqlens.tolist()
     spans = [(max(start - 1, 0), end) for start, end in zip(bounds, bounds[1:])]
     return _per_sequence(model, tokens, spans, repr_layers, [int(i > 0) for i in range(len(spans))])
+
+
+def half_only_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers):
+    """Correct, but like FlashAttention kernels it takes float16/bfloat16 models only and
+    refuses float32 with a TypeError (the candidate-dtype-only mode's use case)."""
+    dtype = model.embed_tokens.weight.dtype
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"half_only_packed takes float16 or bfloat16 models, not {dtype}")
+    return tiled_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers)

@@ -1,0 +1,74 @@
+"""The harness: dtype paths, refusals of FP32, and what each property calls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esmfuzz.harness import Config, Harness
+from esmfuzz.properties import Sample
+from esmfuzz.registry import PROPERTIES
+
+SPEC = "synthetic:esm2_t6_8M_UR50D"
+HALF_ONLY = "tests.impls.packed:half_only_packed"
+LAYOUT = ["MKTAYIAK<mask>QR", "GLVW", "XBZUO"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_cpu_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def harness(esmfuzz_cache, **options) -> Harness:
+    return Harness(Config(model=SPEC, device="cpu", dtype="float16", **options))
+
+
+def labels(verdict) -> set[str]:
+    return {key.split("[")[1].rstrip("]") for key in verdict.metrics if "[" in key}
+
+
+def test_both_paths_are_checked_by_default(esmfuzz_cache):
+    verdict = harness(esmfuzz_cache, packed_impl="tests.impls.packed:tiled_packed").check(
+        "error_ratio", LAYOUT)
+    assert verdict.ok, verdict.message()
+    assert labels(verdict) == {"packed float16", "packed float32"}
+
+
+def test_auto_drops_fp32_for_an_implementation_that_refuses_it(esmfuzz_cache):
+    h = harness(esmfuzz_cache, packed_impl=HALF_ONLY)
+    verdict = h.check("error_ratio", LAYOUT)
+    assert verdict.ok, verdict.message()
+    assert labels(verdict) == {"packed float16"}
+    assert any("refused float32" in note and "TypeError" in note for note in verdict.notes)
+    assert "packed" in h.refused
+    context = h.check("isolation", Sample(LAYOUT, 1, [LAYOUT[1], "L"], 0))
+    assert context.ok and labels(context) == {"packed float16"}
+
+
+def test_candidate_paths_never_call_fp32(esmfuzz_cache):
+    h = harness(esmfuzz_cache, packed_impl=HALF_ONLY, paths="candidate")
+    verdict = h.check("error_ratio", LAYOUT)
+    assert verdict.ok and labels(verdict) == {"packed float16"}
+    assert h.refused == {}
+
+
+def test_both_paths_turn_a_refusal_into_an_error(esmfuzz_cache):
+    with pytest.raises(TypeError, match="half_only_packed takes float16"):
+        harness(esmfuzz_cache, packed_impl=HALF_ONLY, paths="both").check("error_ratio", LAYOUT)
+
+
+def test_under_test_names_only_non_default_implementations(esmfuzz_cache):
+    h = harness(esmfuzz_cache, packed_impl=HALF_ONLY)
+    assert h.under_test("error_ratio") == [f"packed {HALF_ONLY}"]
+    assert h.under_test("precision") == []
+    assert h.under_test("padding_invariance") == []
+
+
+def test_every_property_has_an_oracle_a_runner_and_samples():
+    for name, entry in PROPERTIES.items():
+        assert entry.name == name and callable(entry.run) and callable(entry.samples)
+        assert set(entry.calls) <= {"packed", "padded"}
+    assert "positions" not in PROPERTIES
