@@ -56,7 +56,7 @@ def error_ratio_violations(sequences, packed, padded, exact, *, dtype=torch.floa
     """The error-ratio oracle's violations: packed vs padded, both against ``exact``."""
     for out in exact:
         assert all(reference.dtype == torch.float64 for reference in out.values())
-    verdict = error_ratio({f"packed {dtype}": (packed, padded, dtype)}, exact, Thresholds())
+    verdict = error_ratio({f"packed {dtype}": (packed, [padded], dtype)}, exact, Thresholds())
     return verdict.violations
 
 
