@@ -49,8 +49,8 @@ def _headroom(row: dict, th: Thresholds) -> str:
 
 
 def margins(faults: list[Path], controls: list[Path]) -> None:
-    """Per fault: the target where it lies furthest beyond the bound, and how far beyond
-    the worst value any control reached on that same target (model, device, dtype)."""
+    """Per fault (error_ratio rows): its largest value against today's bound k, and that
+    value over the worst value any control reached on the same target (model, device)."""
     from tests.faults import FAULTS
 
     worst: dict = {}
@@ -63,7 +63,7 @@ def margins(faults: list[Path], controls: list[Path]) -> None:
     for path in faults:
         for row in _rows(path):
             name = row["control"]
-            value = row["severity"] if row["severity"] == row["severity"] else float("inf")
+            value = row["value"] if row["value"] == row["value"] else float("inf")
             if name not in best or value > best[name][0]:
                 best[name] = (value, row)
     print("| fault | bug class | caught by (stratum) | detecting value (bound) | worst control "
@@ -74,7 +74,8 @@ def margins(faults: list[Path], controls: list[Path]) -> None:
             print(f"| `{fault.name}` | {fault.bug_class} | not measured | | | |")
             continue
         severity, row = best[fault.options[1]]
-        caught = "caught" if row["failures"] else "NOT caught"
+        caught = "caught" if severity > Thresholds().error_ratio else "NOT caught"
+        model = row["model"].split(":")[-1].replace("esm2_", "").replace("_UR50D", "")
         control = worst.get((row["model"], row["device"], row["property"], row["stratum"]))
         value = "NaN" if row["value"] != row["value"] else f"{row['value']:.3g}"
         if control is None:
@@ -82,10 +83,10 @@ def margins(faults: list[Path], controls: list[Path]) -> None:
         else:
             shown = f"{control['value']:.3g} ({control['control'].rpartition(':')[2]})"
             factor = ("NaN: categorical" if severity == float("inf")
-                      else f"{severity / max(control['severity'], 1e-12):.3g}x")
+                      else f"{severity / max(control['value'], 1e-12):.3g}x")
         print(f"| `{fault.name}` | {fault.bug_class} | {caught}: `{row['property']}` "
-              f"({row['stratum']}, {row['path']}, layer {row['layer']}) | {value} "
-              f"({row['bound']:g}) | {shown} | {factor} |")
+              f"({model} {row['device']}, {row['stratum']}, {row['path']}, layer "
+              f"{row['layer']}) | {value} ({Thresholds().error_ratio:g}) | {shown} | {factor} |")
 
 
 def main(argv=None) -> int:
