@@ -296,17 +296,21 @@ def _noise_bound(
     checks: _Checks,
     metric: str,
     label: str,
-    tested: tuple[float, float, int],
-    baseline: tuple[float, float, int],
+    tested: torch.Tensor,
+    baselines: Sequence[torch.Tensor],
+    reference: torch.Tensor,
     k: float,
     atol: float,
     *,
     layer: int,
     sequence: int,
 ) -> None:
-    """``tested <= k * baseline + atol`` for the RMS and the worst-token statistic."""
+    """``tested <= k * pooled(baselines) + atol`` for the RMS and the worst-token statistic;
+    ``tested`` and ``baselines`` are differences, judged relative to ``reference``."""
+    observed = metrics.relative_errors(tested, reference)
+    pooled = _pooled([metrics.relative_errors(b, reference) for b in baselines])
     for i, stat in enumerate(("rms", "token")):
-        ratio = tested[i] / max(baseline[i] + atol / k, 1e-300)
+        ratio = observed[i] / max(pooled[i] + atol / k, 1e-300)
         checks.check(
             metric,
             ratio,
@@ -314,11 +318,11 @@ def _noise_bound(
             at_least=False,
             layer=layer,
             sequence=sequence,
-            token=tested[2] if stat == "token" else None,
+            token=observed[2] if stat == "token" else None,
             label=f"{label} {stat}: ",
         )
         key = f"{stat}_error[{label}]"
-        checks.verdict.metrics[key] = max(checks.verdict.metrics.get(key, 0.0), tested[i])
+        checks.verdict.metrics[key] = max(checks.verdict.metrics.get(key, 0.0), observed[i])
 
 
 def error_ratio(
@@ -341,16 +345,13 @@ def error_ratio(
         atol = thresholds.ulp_floor * torch.finfo(dtype).eps
         for s, (out, ref) in enumerate(zip(outputs, oracle, strict=True)):
             for layer in sorted(ref):
-                errors = [
-                    metrics.relative_errors(base[s][layer].double() - ref[layer], ref[layer])
-                    for base in baselines
-                ]
                 _noise_bound(
                     checks,
                     "error_ratio",
                     label,
-                    metrics.relative_errors(out[layer].double() - ref[layer], ref[layer]),
-                    _pooled(errors),
+                    out[layer].double() - ref[layer],
+                    [base[s][layer].double() - ref[layer] for base in baselines],
+                    ref[layer],
                     k,
                     atol,
                     layer=layer,
@@ -452,13 +453,13 @@ def context(
         atol = thresholds.ulp_floor * torch.finfo(dtype).eps
         for layer in sorted(oracle):
             ref = oracle[layer]
-            errors = [metrics.relative_errors(b[layer].double() - ref, ref) for b in baselines]
             _noise_bound(
                 checks,
                 "context_ratio",
                 label,
-                metrics.relative_errors(first[layer].double() - second[layer].double(), ref),
-                _pooled(errors),
+                first[layer].double() - second[layer].double(),
+                [b[layer].double() - ref for b in baselines],
+                ref,
                 k,
                 atol,
                 layer=layer,

@@ -34,3 +34,15 @@ def pair(esmfuzz_cache):
 
     return model_pair(SYNTHETIC_8M, device="cpu", dtype="float16")
 
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """One intra-op thread: on a busy 2-core runner, OpenMP spin-waits made forward-heavy
+    tests 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -36,6 +36,8 @@ from esmfuzz.models import model_pair
 from esmfuzz.packing import PackingError, pack
 from esmfuzz.properties import Thresholds, error_ratio
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
 LETTERS = "ACDEFGHIKLMNPQRSTVWYXBZUO"
 MASK = "<mask>"
 SPEC = "synthetic:esm2_t6_8M_UR50D"
@@ -70,15 +72,6 @@ def check_reference_packed(pair, sequences):
         assert all(v.shape == (n, 320) and v.dtype == torch.float32 for v in pk.values())
     bad = error_ratio_violations(sequences, packed, padded, exact)
     assert not bad, f"packed FP32 breaks the error-ratio rule at {bad[:5]}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    """One intra-op thread: on a busy 2-core runner, OpenMP spin-waits made these 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from esmfuzz.harness import Config, Harness
 from esmfuzz.properties import Sample
 from esmfuzz.registry import PROPERTIES
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
 SPEC = "synthetic:esm2_t6_8M_UR50D"
 HALF_ONLY = "tests.impls.packed:half_only_packed"
 LAYOUT = ["MKTAYIAK<mask>QR", "GLVW", "XBZUO"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def harness(esmfuzz_cache, **options) -> Harness:

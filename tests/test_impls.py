@@ -4,21 +4,28 @@ A false-positive control must be right (FP64 agreement to rounding, FP32 to ~1e-
 layer's scale) and compute differently (not bit-identical to the padded FP32 baseline).
 
 fair-esm's softmax is FP32 whatever the model dtype (``utils_softmax``), which leaves its
-FP64 forward ~1e-7 off exact; the FP64 baseline here runs it with an FP64 softmax.
+FP64 forward ~1e-7 off exact; the FP64 baseline here is esmfuzz's oracle forward, which
+runs it with an FP64 softmax.
 """
 
 from __future__ import annotations
 
 import random
 
-import esm.multihead_attention
 import pytest
 import torch
-import torch.nn.functional as F
 
-from esmfuzz.forward import load_implementation, padded_forward, run_packed, run_padded
+from esmfuzz.forward import (
+    load_implementation,
+    oracle_forward,
+    padded_forward,
+    run_packed,
+    run_padded,
+)
 from esmfuzz.packing import pack
 from tests.impls.packed import CONTROLS, leaky_packed
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 LAYERS = range(7)
 
@@ -44,30 +51,15 @@ SEQUENCES = [
 """1,292 tokens: the 1024-query chunk boundary falls inside the 600-residue sequence."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-def _exact_softmax(x, dim, onnx_trace=False):
-    return F.softmax(x, dim=dim, dtype=torch.promote_types(x.dtype, torch.float32))
-
-
 @pytest.fixture(scope="module")
 def padded(pair):
     """fair-esm's padded outputs of ``SEQUENCES`` at FP32, and at FP64 with an FP64 softmax."""
-    out = {}
-    with pytest.MonkeyPatch.context() as patch:
-        for model in (pair.reference, pair.oracle):
-            if model is pair.oracle:
-                patch.setattr(esm.multihead_attention, "utils_softmax", _exact_softmax)
-            out[model.embed_tokens.weight.dtype] = run_padded(
-                padded_forward, model, pair.alphabet, SEQUENCES, LAYERS, bucketed=True
-            )
-    return out
+    return {
+        model.embed_tokens.weight.dtype: run_padded(
+            forward, model, pair.alphabet, SEQUENCES, LAYERS, bucketed=True
+        )
+        for model, forward in ((pair.reference, padded_forward), (pair.oracle, oracle_forward))
+    }
 
 
 def _relative_errors(got, want):
