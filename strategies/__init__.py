@@ -1,5 +1,5 @@
 """Hypothesis strategies for fuzzing ESM-2 inference: sequences, packed layouts,
-metamorphic variants and invalid input. See DESIGN.md, section "Strategies"."""
+metamorphic variants and invalid input. The README lists what they cover."""
 
 from strategies.layouts import (
     crowded_layouts,

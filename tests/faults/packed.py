@@ -1,4 +1,4 @@
-"""Faulty packed forwards, one per bug class of DESIGN.md ("Bug classes ...").
+"""Faulty packed forwards, one per bug class of a production packed ESM-2 path.
 
 Each is esmfuzz's reference :class:`~esmfuzz.forward.PackedForward` with one
 step overridden, so the diff against the correct path is the bug and nothing
