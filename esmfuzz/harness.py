@@ -245,13 +245,15 @@ class Harness:
         extra: Mapping | None = None,
         *,
         layers: Sequence[int] | None = None,
+        explain: bool = True,
     ) -> P.Verdict:
-        """Run property ``prop`` on one sample; a failure is re-run on every layer to explain it."""
+        """Run property ``prop`` on one sample; a failure is re-run on every layer to explain
+        it, unless ``explain`` is False (while Hypothesis shrinks, only pass/fail matters)."""
         entry = registry.get(prop)
         if not isinstance(sample, Sample):
             sample = Sample.from_extra(sample, extra)
         verdict = entry.run(self, sample, list(layers or self.layers))
-        if not verdict.ok and layers is None and self.layers != self.all_layers:
+        if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
             explained = entry.run(self, sample, self.all_layers)
             if explained.ok:
                 verdict.notes.append("the failure did not reproduce when re-run on every layer: "

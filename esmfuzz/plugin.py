@@ -298,8 +298,9 @@ def check_and_record(
     count = len(sample.sequences)
     event(f"stratum={stratum}")
     event("sequences=" + next(b for n, b in _COUNT_BINS if count <= n))
+    final = current_build_context().is_final
     try:
-        verdict = harness.check(prop, sample)
+        verdict = harness.check(prop, sample, explain=final)
     except Exception as exc:  # a crash of the implementation under test is a finding too
         verdict = Verdict(
             prop,
@@ -316,7 +317,7 @@ def check_and_record(
     if verdict.ok:
         return verdict
     message = verdict.message()
-    if not current_build_context().is_final:
+    if not final:
         recorder.unsaved = (harness, prop, sample, verdict)
     else:
         recorder.unsaved = None
