@@ -83,13 +83,13 @@ class Config:
                     raise ValueError(f"{source}: thresholds must be a table, got {value!r}")
                 clean[name] = P.Thresholds.from_mapping(value, source=f"{source}.thresholds")
             elif name in _INT_KEYS:
-                least, why = _INT_KEYS[name]
+                least, why, zero_is_default = _INT_KEYS[name]
                 option = name.replace("_", "-")
                 try:
                     clean[name] = int(value)
                 except (TypeError, ValueError):
                     raise ValueError(f"{source}: {option}={value!r} is not an int") from None
-                if clean[name] < least and not (clean[name] == 0 and name != "pack_tokens"):
+                if clean[name] < least and not (zero_is_default and clean[name] == 0):
                     raise ValueError(f"{source}: {option}={value!r} must be at least {least} "
                                      f"({why})")
             elif name in known:
@@ -115,10 +115,11 @@ class Config:
 
 PATHS = ("auto", "both", "candidate")
 _INT_KEYS = {
-    "pack_tokens": (1027, "one 1022-residue sequence, <cls>, <eos>, one more"),
-    "crowd_tokens": (1024, "or 0 for the default"),
-    "crowd_sequences": (2, "or 0 for the default"),
+    "pack_tokens": (1027, "one 1022-residue sequence, <cls>, <eos>, one more", False),
+    "crowd_tokens": (1024, "or 0 for the default", True),
+    "crowd_sequences": (2, "or 0 for the default", True),
 }
+"""Integer keys: (least value, why, whether 0 means "the default")."""
 
 
 def crowd_limits(config: Config, *, profile: str) -> tuple[int, int]:
@@ -157,6 +158,8 @@ class Harness:
         self.all_layers = list(range(layers + 1))
         self.layers = sorted({0, 1, layers // 2, layers})
         """Checked on every example; all layers are computed only to explain a failure."""
+        self._outputs: dict | None = None
+        """Forward outputs of the :meth:`check` in progress, by call (see :meth:`_memo`)."""
         self.refused: dict[str, str] = {}
         """Implementations (``packed``/``padded``) that refused the FP32 reference with a
         TypeError: from then on only their candidate-dtype path is checked (``paths=auto``)."""
@@ -170,27 +173,45 @@ class Harness:
             return self.backend
         return select_backend("auto", self.device, dtype)
 
-    def packed(self, model, sequences: Sequence[str], layers) -> list[dict]:
-        dtype = model.embed_tokens.weight.dtype
+    def _memo(self, key: tuple, compute: Callable[[], list[dict]]) -> list[dict]:
+        """``compute()`` once per key within one :meth:`check`: properties ask for the same
+        forward more than once (a default implementation under test is also a baseline)."""
+        if self._outputs is None:
+            return compute()
+        if key not in self._outputs:
+            self._outputs[key] = compute()
+        return self._outputs[key]
+
+    def _run_packed(self, impl, model, sequences: Sequence[str], layers) -> list[dict]:
         kwargs = {}
-        if isinstance(self._packed, PackedForward):
-            kwargs["backend"] = self._backend_for(dtype)
-        return run_packed(self._packed, model, self.pair.alphabet, sequences, layers, **kwargs)
+        if isinstance(impl, PackedForward):
+            kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
+        return self._memo(
+            ("packed", impl, id(model), tuple(sequences), tuple(sorted(layers))),
+            lambda: run_packed(impl, model, self.pair.alphabet, sequences, layers, **kwargs),
+        )
+
+    def _run_padded(self, impl, model, sequences: Sequence[str], layers, *, bucketed: bool):
+        return self._memo(
+            ("padded", impl, id(model), tuple(sequences), tuple(sorted(layers)), bucketed),
+            lambda: run_padded(impl, model, self.pair.alphabet, sequences, layers,
+                               bucketed=bucketed),
+        )
+
+    def packed(self, model, sequences: Sequence[str], layers) -> list[dict]:
+        return self._run_packed(self._packed, model, sequences, layers)
 
     def padded(
         self, model, sequences: Sequence[str], layers, *, trusted: bool = False, whole=False
     ):
         """Length-bucketed batches, or one batch of all (``whole``) where padding is the point."""
         impl = padded_forward if trusted else self._padded
-        return run_padded(
-            impl, model, self.pair.alphabet, sequences, layers, bucketed=not whole
-        )
+        return self._run_padded(impl, model, sequences, layers, bucketed=not whole)
 
     def oracle(self, sequences: Sequence[str], layers) -> list[dict]:
         """The FP64 oracle (FP32 where a float64 copy does not fit), length-bucketed."""
-        return run_padded(
-            oracle_forward, self.pair.oracle, self.pair.alphabet, sequences, layers, bucketed=True
-        )
+        return self._run_padded(oracle_forward, self.pair.oracle, sequences, layers,
+                                bucketed=True)
 
     def baseline(self, model, sequences: Sequence[str], layers) -> list[dict]:
         """fair-esm's own padded forward, length-bucketed."""
@@ -199,10 +220,8 @@ class Harness:
     def baselines(self, model, sequences: Sequence[str], layers) -> list[list[dict]]:
         """Two trusted computations in ``model``'s dtype that round differently: fair-esm's
         padded forward, and esmfuzz's packed reference (FP32 rotary, varlen attention)."""
-        dtype = model.embed_tokens.weight.dtype
-        reference = run_packed(packed_forward, model, self.pair.alphabet, sequences, layers,
-                               backend=self._backend_for(dtype))
-        return [self.baseline(model, sequences, layers), reference]
+        return [self.baseline(model, sequences, layers),
+                self._run_packed(packed_forward, model, sequences, layers)]
 
     def path_models(self, kind: str) -> list:
         """The models whose dtype paths the implementation ``kind`` is checked on.
@@ -252,14 +271,20 @@ class Harness:
         entry = registry.get(prop)
         if not isinstance(sample, Sample):
             sample = Sample.from_extra(sample, extra)
-        verdict = entry.run(self, sample, list(layers or self.layers))
-        if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
-            explained = entry.run(self, sample, self.all_layers)
-            if explained.ok:
-                verdict.notes.append("the failure did not reproduce when re-run on every layer: "
-                                     "the implementation under test is not deterministic")
-                return verdict
-            verdict = explained
+        try:
+            self._outputs = {}
+            verdict = entry.run(self, sample, list(layers or self.layers))
+            if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
+                self._outputs = {}  # the re-run calls the implementation afresh
+                explained = entry.run(self, sample, self.all_layers)
+                if explained.ok:
+                    verdict.notes.append("the failure did not reproduce when re-run on every "
+                                         "layer: the implementation under test is not "
+                                         "deterministic")
+                    return verdict
+                verdict = explained
+        finally:
+            self._outputs = None
         verdict.notes.extend(self.refusal_notes())
         return verdict
 
@@ -268,18 +293,20 @@ class Harness:
         with torch.inference_mode():
             return [{**out, "logits": model.lm_head(out[last])} for out in outputs]
 
+    def _chosen(self) -> dict[str, tuple[str, str]]:
+        """Per kind, (the implementation's name, esmfuzz's default)."""
+        return {"packed": (_name(self.config.packed_impl), DEFAULT_PACKED),
+                "padded": (_name(self.config.padded_impl), DEFAULT_PADDED)}
+
     def under_test_kinds(self) -> set[str]:
         """``packed``/``padded``: the implementations that are not esmfuzz's defaults."""
-        chosen = {"packed": (self.config.packed_impl, DEFAULT_PACKED),
-                  "padded": (self.config.padded_impl, DEFAULT_PADDED)}
-        return {kind for kind, (impl, default) in chosen.items() if _name(impl) != default}
+        return {kind for kind, (impl, default) in self._chosen().items() if impl != default}
 
     def under_test(self, prop: str) -> list[str]:
         """The implementations under test (not esmfuzz's defaults) that ``prop`` calls."""
-        chosen = {"packed": self.config.packed_impl, "padded": self.config.padded_impl}
-        kinds = self.under_test_kinds()
-        return [f"{kind} {_name(chosen[kind])}" for kind in registry.get(prop).calls
-                if kind in kinds]
+        chosen = self._chosen()
+        return [f"{kind} {chosen[kind][0]}" for kind in registry.get(prop).calls
+                if chosen[kind][0] != chosen[kind][1]]
 
     def case(
         self,

@@ -69,7 +69,9 @@ def _error_ratio(harness, sample: Sample, layers) -> Verdict:
         ).items():
             dtype = model.embed_tokens.weight.dtype
             tested[f"{kind} {label}"] = (out, harness.baselines(model, seqs, layers), dtype)
-    return P.error_ratio(tested, oracle, harness.thresholds)
+    verdict = P.error_ratio(tested, oracle, harness.thresholds)
+    verdict.notes.append(harness.pair.oracle_note)
+    return verdict
 
 
 def _finite(harness, sample: Sample, layers) -> Verdict:
@@ -119,8 +121,10 @@ def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdic
                             model.embed_tokens.weight.dtype)
         for label, (model, (first, second)) in _per_model(harness, kind, run).items()
     }
-    return P.context(paths, harness.oracle(alone, layers)[0], harness.thresholds, name=name,
-                     sequence=target)
+    verdict = P.context(paths, harness.oracle(alone, layers)[0], harness.thresholds, name=name,
+                        sequence=target)
+    verdict.notes.append(harness.pair.oracle_note)
+    return verdict
 
 
 def _layouts(config, stratum, **options):
