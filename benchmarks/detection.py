@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -41,12 +40,8 @@ def main() -> None:
                         help="JSON-lines of each fault's outcome: appended to while running; "
                              "with --render, read instead of running")
     parser.add_argument("--render", action="store_true",
-                        help="rewrite the table from --results (e.g. with more control rows)")
-    parser.add_argument("--controls", nargs="*", default=[], type=Path,
-                        help="JSON-lines of benchmarks/false_positives.py on the same device and "
-                             "model: the worst value a correct control reached per target")
+                        help="rewrite the table from --results instead of running")
     args = parser.parse_args()
-    worst = _control_worst(args.controls)
     chosen = [f for f in FAULTS if not args.faults or f.name in args.faults]
     lines = [
         "# Seeded-fault detection",
@@ -58,17 +53,12 @@ def main() -> None:
         "",
         "'examples to failure' counts the examples of the failing target up to its first "
         "failure; 'shrunk case' is the smallest corpus case written (sequences, total "
-        "residues). 'detecting value' is the worst value of the catching target (its bound "
-        "in brackets); 'controls' the worst value any correct control reached on that same "
-        "target (benchmarks/false_positives.py, "
-        f"{sum(len(v) for v in worst.values())} rows); 'beyond' how many times further from "
-        "the bound's origin the fault lies (value / control for upper bounds, "
-        "(1 - value) / (1 - control) for cosines; 'exception' and NaN are categorical). The "
-        "last column runs only the fixed-threshold cosine targets.",
+        "residues). The last column runs only the fixed-threshold cosine targets. How far "
+        "each fault lies beyond correct code: `benchmarks/fp_report.py --faults`.",
         "",
-        "| fault | bug class | caught by | examples to failure | shrunk case | detecting value "
-        "| controls | beyond | wall s | cosine checks alone |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fault | bug class | caught by | examples to failure | shrunk case | wall s "
+        "| cosine checks alone |",
+        "|---|---|---|---|---|---|---|",
     ]
     done = ([json.loads(line) for line in args.results.read_text().splitlines()]
             if args.render else [])
@@ -83,12 +73,9 @@ def main() -> None:
                   else "NOT CAUGHT")
         shrunk = f"{len(case)} seq, {sum(map(residue_count, case))} res" if case else "-"
         first = row["first_failure"] if row else "-"
-        alone = result["cosine"]
-        value, control, beyond = _margin(row, worst)
         fault = next(f for f in FAULTS if f.name == result["fault"])
-        run_seconds = result["seconds"]
         lines.append(f"| `{fault.name}` | {fault.bug_class} | {caught} | {first} | {shrunk} "
-                     f"| {value} | {control} | {beyond} | {run_seconds:.0f} | {alone} |")
+                     f"| {result['seconds']:.0f} | {result['cosine']} |")
         print(lines[-1], flush=True)
         if args.out:
             Path(args.out).write_text("\n".join(lines) + "\n")
@@ -109,36 +96,6 @@ def _run(fault, args) -> dict:
         "case": list(case.sequences) if case else None, "seconds": run.seconds,
         "cosine": "not run" if cosine is None else "caught" if cosine.caught else "missed",
     }
-
-
-def _control_worst(paths) -> dict:
-    """(property, stratum) -> the rows of every correct control on that target."""
-    rows: dict = {}
-    for path in paths:
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            rows.setdefault((row["property"], row["stratum"]), []).append(row)
-    return rows
-
-
-def _margin(row, worst) -> tuple[str, str, str]:
-    if not row:
-        return "-", "-", "-"
-    value = row["value"]
-    shown = f"{row['metric']}={_num(value)} ({_num(row['threshold'])})"
-    controls = worst.get((row["property"], row["stratum"]), [])
-    if not controls:
-        return shown, "not measured", "-"
-    top = max(controls, key=lambda r: r["severity"])
-    control = f"{_num(top['value'])} ({len(controls)} rows)"
-    if not isinstance(value, float) or not math.isfinite(value):
-        return shown, control, "categorical"
-    fault_severity = 1 - row["margin"] if isinstance(row["margin"], float) else math.inf
-    return shown, control, f"{fault_severity / max(top['severity'], 1e-12):.3g}x"
-
-
-def _num(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":
