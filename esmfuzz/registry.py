@@ -150,25 +150,13 @@ def _plain(config, stratum, **options):
 
 
 def _pairs(config, stratum):
-    from hypothesis import strategies as st
+    from strategies import metamorphic_pairs
 
-    from strategies import metamorphic_pairs, metamorphic_variants
-
-    if stratum != CROWDED:
+    if stratum == CROWDED:
+        pairs = metamorphic_pairs(layouts=_crowded(config))
+    else:
         pairs = metamorphic_pairs(max_sequences=6, max_tokens=config.pack_tokens)
-        return pairs.map(lambda p: Sample(p[0], p[1], p[2], p[3]))
-
-    @st.composite
-    def crowded_pairs(draw):
-        from strategies.layouts import _differ
-
-        layout = draw(_crowded(config).filter(lambda layout: len(layout) >= 2))
-        target = draw(st.integers(0, len(layout) - 1))
-        layout = [s if i == target else _differ(s, layout[target]) for i, s in enumerate(layout)]
-        variant, moved = draw(metamorphic_variants(layout, target))
-        return Sample(layout, target, variant, moved)
-
-    return crowded_pairs()
+    return pairs.map(lambda p: Sample(p[0], p[1], p[2], p[3]))
 
 
 def _shortest_among_longer(config, stratum):

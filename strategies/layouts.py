@@ -382,19 +382,29 @@ def metamorphic_variants(
 
 @_lazy
 def metamorphic_pairs(
-    *, min_sequences: int = 2, max_sequences: int = 8, max_tokens: int = 2048
+    *,
+    min_sequences: int = 2,
+    max_sequences: int = 8,
+    max_tokens: int = 2048,
+    layouts: SearchStrategy[list[str]] | None = None,
 ) -> SearchStrategy[tuple[list[str], int, list[str], int]]:
     """Tuples ``(layout, target, variant, variant_target)`` for packing-leak tests.
 
-    The layout comes from :func:`packing_layouts`, with any neighbour equal to
-    the target changed in its first residue; the variant comes from
-    :func:`metamorphic_variants`. Examples shrink towards two one-residue
-    sequences, the target first, and a variant that replaces the other one.
+    The layout comes from :func:`packing_layouts`, or from ``layouts`` (for example
+    :func:`crowded_layouts`; its layouts of fewer than ``min_sequences`` sequences
+    are skipped), with any neighbour equal to the target changed in its first
+    residue; the variant comes from :func:`metamorphic_variants`. Examples shrink
+    towards two one-residue sequences, the target first, and a variant that replaces
+    the other one.
     """
     _check_counts(min_sequences, max_sequences, max_tokens, fewest=2)
-    layouts = packing_layouts(
-        min_sequences=min_sequences, max_sequences=max_sequences, max_tokens=max_tokens
-    )
+    _check_strategy("layouts", layouts)
+    if layouts is None:
+        layouts = packing_layouts(
+            min_sequences=min_sequences, max_sequences=max_sequences, max_tokens=max_tokens
+        )
+    else:
+        layouts = layouts.filter(lambda layout: len(layout) >= min_sequences)
 
     @st.composite
     def build(draw: st.DrawFn) -> tuple[list[str], int, list[str], int]:

@@ -7,7 +7,7 @@ import re
 from collections import Counter
 
 import pytest
-from hypothesis import Phase, find, given, settings
+from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
@@ -550,3 +550,24 @@ def test_bad_crowded_options_raise_at_draw_time(kwargs, name):
     strategy = crowded_layouts(**kwargs)
     with pytest.raises(InvalidArgument, match=name):
         strategy.example()
+
+
+def test_metamorphic_pairs_draw_from_given_layouts():
+    from strategies import crowded_layouts, metamorphic_pairs
+
+    @settings(max_examples=5, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(metamorphic_pairs(layouts=crowded_layouts(max_sequences=64, max_tokens=2048)))
+    def check(pair):
+        layout, target, variant, moved = pair
+        assert len(layout) >= 2 and variant[moved] == layout[target]
+        assert all(s != layout[target] for i, s in enumerate(layout) if i != target)
+
+    check()
+
+
+def test_metamorphic_pairs_reject_a_layouts_that_is_no_strategy():
+    from strategies import metamorphic_pairs
+
+    with pytest.raises(InvalidArgument, match="layouts"):
+        metamorphic_pairs(layouts=[["A", "C"]]).example()
