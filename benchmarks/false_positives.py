@@ -62,30 +62,47 @@ def severity(verdict) -> float:
     return 1.0 - verdict.margin
 
 
-def _row(args, harness, entry, stratum, at, layers) -> dict:
-    config = harness.config
-    start = time.perf_counter()
-    worst, failures = None, 0
+def _rows(args, harnesses, entry, stratum, at, layers) -> list[dict]:
+    """One row per control: its worst verdict over the same samples.
+
+    Each sample is checked against every control and dtype in turn, sharing the forward
+    outputs they have in common (``Harness.check(reuse=)``: the oracle, the baselines, and
+    the FP32 path, whose models the dtypes' pairs share); a row's ``seconds`` are its
+    control's share, so the first control's include the oracle and the baselines.
+    """
+    config = harnesses[0].config
     samples = samples_of(entry, config, stratum, n=args.examples, at=at)
+    worst = [None] * len(harnesses)
+    failures = [0] * len(harnesses)
+    seconds = [0.0] * len(harnesses)
     for sample in samples:
-        verdict = harness.check(entry.name, sample, layers=layers)
-        failures += not verdict.ok
-        if worst is None or severity(verdict) > severity(worst):
-            worst = verdict
-    if failures:
-        print(worst.message(), file=sys.stderr, flush=True)
-    tested = harness.under_test(entry.name)
-    return {
-        "model": config.model, "device": config.device, "dtype": config.dtype,
-        "control": tested[0].split()[-1] if tested else config.packed_impl,
-        "seed": at, "property": entry.name,
-        "stratum": stratum or "mixed", "examples": len(samples), "failures": failures,
-        "metric": worst.metric, "value": worst.value, "bound": worst.threshold,
-        "severity": severity(worst), "path": worst.path, "layer": worst.worst.get("layer"),
-        "max_tokens": max(sum(residue_count(s) + 2 for s in x.sequences) for x in samples),
-        "max_sequences": max(len(x.sequences) for x in samples),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+        reuse: dict = {}
+        for i, harness in enumerate(harnesses):
+            start = time.perf_counter()
+            verdict = harness.check(entry.name, sample, layers=layers(harness), reuse=reuse)
+            seconds[i] += time.perf_counter() - start
+            failures[i] += not verdict.ok
+            if worst[i] is None or severity(verdict) > severity(worst[i]):
+                worst[i] = verdict
+    rows = []
+    for harness, bad, verdict, spent in zip(harnesses, failures, worst, seconds):
+        if bad:
+            print(verdict.message(), file=sys.stderr, flush=True)
+        config = harness.config
+        tested = harness.under_test(entry.name)
+        rows.append({
+            "model": config.model, "device": config.device, "dtype": config.dtype,
+            "control": tested[0].split()[-1] if tested else config.packed_impl,
+            "seed": at, "property": entry.name,
+            "stratum": stratum or "mixed", "examples": len(samples), "failures": bad,
+            "metric": verdict.metric, "value": verdict.value, "bound": verdict.threshold,
+            "severity": severity(verdict), "path": verdict.path,
+            "layer": verdict.worst.get("layer"),
+            "max_tokens": max(sum(residue_count(s) + 2 for s in x.sequences) for x in samples),
+            "max_sequences": max(len(x.sequences) for x in samples),
+            "seconds": round(spent, 2),
+        })
+    return rows
 
 
 def main(argv=None) -> int:
@@ -111,33 +128,35 @@ def main(argv=None) -> int:
                         help="seconds after which no new row starts (0: no limit)")
     args = parser.parse_args(argv)
 
+    def layers(harness):
+        return harness.all_layers if args.layers == "all" else harness.layers
+
     deadline = time.monotonic() + args.budget if args.budget else math.inf
+    harnesses = []
     for dtype in args.dtypes:
-        for at in _seeds(args.seeds):
-            for control in args.controls:
-                kind, _, impl = control.rpartition("=")
-                config = Config(model=args.model, device=args.device, dtype=dtype,
-                                crowd_tokens=args.crowd_tokens,
-                                crowd_sequences=args.crowd_sequences,
-                                **{f"{kind or 'packed'}_impl": impl})
-                most, tokens = crowd_limits(config, profile="dev")
-                config = dataclasses.replace(config, crowd_sequences=most, crowd_tokens=tokens)
-                harness = harness_for(config)
-                layers = harness.all_layers if args.layers == "all" else harness.layers
-                for name in args.properties:
-                    entry = PROPERTIES[name]
-                    if (kind or "packed") not in entry.calls and control != args.controls[0]:
-                        continue  # never calls this control: the same for every control
-                    for stratum in entry.strata:
-                        if args.strata and (stratum or "mixed") not in args.strata:
-                            continue
-                        if time.monotonic() > deadline:
-                            return 0
-                        row = _row(args, harness, entry, stratum, at, layers)
-                        print(json.dumps(row), flush=True)
-                        if args.json:
-                            with args.json.open("a") as out:
-                                out.write(json.dumps(row) + "\n")
+        for control in args.controls:
+            kind, _, impl = control.rpartition("=")
+            config = Config(model=args.model, device=args.device, dtype=dtype,
+                            crowd_tokens=args.crowd_tokens, crowd_sequences=args.crowd_sequences,
+                            **{f"{kind or 'packed'}_impl": impl})
+            most, tokens = crowd_limits(config, profile="dev")
+            config = dataclasses.replace(config, crowd_sequences=most, crowd_tokens=tokens)
+            harnesses.append((kind or "packed", control == args.controls[0], harness_for(config)))
+    for at in _seeds(args.seeds):
+        for name in args.properties:
+            entry = PROPERTIES[name]
+            # A control this target never calls gives the same row for every control.
+            calling = [h for kind, first, h in harnesses if kind in entry.calls or first]
+            for stratum in entry.strata:
+                if args.strata and (stratum or "mixed") not in args.strata:
+                    continue
+                if time.monotonic() > deadline:
+                    return 0
+                for row in _rows(args, calling, entry, stratum, at, layers):
+                    print(json.dumps(row), flush=True)
+                    if args.json:
+                        with args.json.open("a") as out:
+                            out.write(json.dumps(row) + "\n")
     return 0
 
 

@@ -265,14 +265,20 @@ class Harness:
         *,
         layers: Sequence[int] | None = None,
         explain: bool = True,
+        reuse: dict | None = None,
     ) -> P.Verdict:
         """Run property ``prop`` on one sample; a failure is re-run on every layer to explain
-        it, unless ``explain`` is False (while Hypothesis shrinks, only pass/fail matters)."""
+        it, unless ``explain`` is False (while Hypothesis shrinks, only pass/fail matters).
+
+        ``reuse``, a dict the caller keeps, holds the forward outputs across checks of the
+        same sample: checking one sample against several implementations (the
+        false-positive benchmark) then runs the oracle and the baselines once.
+        """
         entry = registry.get(prop)
         if not isinstance(sample, Sample):
             sample = Sample.from_extra(sample, extra)
         try:
-            self._outputs = {}
+            self._outputs = {} if reuse is None else reuse
             verdict = entry.run(self, sample, list(layers or self.layers))
             if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
                 self._outputs = {}  # the re-run calls the implementation afresh

@@ -13,7 +13,7 @@ import os
 import pickle
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -339,6 +339,19 @@ class MemoryEstimate:
         return text
 
 
+def _still_needed(estimate: MemoryEstimate, loaded: set[torch.dtype]) -> MemoryEstimate:
+    """``estimate`` less the copies already on the device (another pair's)."""
+    names = {f"{str(t)[6:]}" for t in loaded}
+    gone = {k: v for k, v in estimate.parts.items() if k.split()[-1] in names}
+    if not gone:
+        return estimate
+    return replace(
+        estimate,
+        device_bytes=estimate.device_bytes - sum(gone.values()),
+        parts={k: v for k, v in estimate.parts.items() if k not in gone},
+    )
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -455,6 +468,9 @@ def parse_dtype(
 
 
 _PAIRS: dict[tuple, ModelPair] = {}
+_COPIES: dict[tuple, torch.nn.Module] = {}
+"""Copies by (spec, device, dtype): pairs that differ only in the candidate's dtype share
+their FP32 reference and their oracle, so their outputs are computed once."""
 
 
 def model_pair(
@@ -477,10 +493,15 @@ def model_pair(
     key = (spec.text, str(device), dtype, want_oracle)
     if key in _PAIRS:
         return _PAIRS[key]
-    estimate = estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=want_oracle)
+    loaded = {t for (text, where, t) in _COPIES if (text, where) == (spec.text, str(device))}
+    estimate = _still_needed(
+        estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=want_oracle), loaded
+    )
     note = f"oracle in {str(want_oracle)[6:]}"
     if not estimate.fits and want_oracle is torch.float64:
-        smaller = estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=torch.float32)
+        smaller = _still_needed(
+            estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=torch.float32), loaded
+        )
         if smaller.fits:
             estimate, want_oracle = smaller, torch.float32
             note = "oracle in float32: a float64 copy does not fit in memory"
@@ -498,10 +519,10 @@ def model_pair(
         ("candidate", dtype),
         ("oracle", want_oracle),
     ):
-        if role_dtype == torch.float32 and "reference" in copies:
-            copies[role] = copies["reference"]
-            continue
-        copies[role] = copy.deepcopy(model).to(device=device, dtype=role_dtype).eval()
+        at = (spec.text, str(device), role_dtype)
+        if at not in _COPIES:
+            _COPIES[at] = copy.deepcopy(model).to(device=device, dtype=role_dtype).eval()
+        copies[role] = _COPIES[at]
     del model
     pair = ModelPair(
         spec,
