@@ -15,6 +15,7 @@ __all__ = [
     "mean_abs_diff",
     "non_finite",
     "outlier_count",
+    "relative_error_tensor",
     "relative_errors",
     "residue_mean",
     "sequence_cosine",
@@ -52,6 +53,17 @@ def max_abs_error(candidate: torch.Tensor, reference: torch.Tensor) -> float:
     return float((_f64(candidate) - _f64(reference)).abs().max())
 
 
+def relative_error_tensor(difference: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """:func:`relative_errors` as a float64 tensor ``[rms, worst token's rms, token]`` left
+    on the device: many of them are read back at once, not one synchronisation each."""
+    d, r = _f64(difference), _f64(reference)
+    scale = r.pow(2).mean().sqrt()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    per_token = d.pow(2).mean(-1).sqrt()
+    token = per_token.argmax()
+    return torch.stack([d.pow(2).mean().sqrt() / scale, per_token[token] / scale, token.double()])
+
+
 def relative_errors(difference: torch.Tensor, reference: torch.Tensor) -> tuple[float, float, int]:
     """(RMS of ``difference``, RMS of its worst token, that token), both over the RMS of
     ``reference``.
@@ -60,13 +72,8 @@ def relative_errors(difference: torch.Tensor, reference: torch.Tensor) -> tuple[
     maximum of a few ulps of rounding noise varies by 3x and more between two correct
     computations, the RMS by a few percent (docs/oracles.md).
     """
-    d, r = _f64(difference), _f64(reference)
-    scale = float(r.pow(2).mean().sqrt())
-    if scale == 0.0:
-        scale = 1.0
-    per_token = d.pow(2).mean(-1).sqrt()
-    token = int(per_token.argmax())
-    return float(d.pow(2).mean().sqrt()) / scale, float(per_token[token]) / scale, token
+    total, worst, token = relative_error_tensor(difference, reference).tolist()
+    return total, worst, int(token)
 
 
 def mean_abs_diff(candidate: torch.Tensor, reference: torch.Tensor) -> float:

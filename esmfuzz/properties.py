@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -292,37 +292,39 @@ def _pooled(errors: Sequence[tuple[float, float, int]]) -> tuple[float, float, i
     )
 
 
-def _noise_bound(
-    checks: _Checks,
-    metric: str,
-    label: str,
-    tested: torch.Tensor,
-    baselines: Sequence[torch.Tensor],
-    reference: torch.Tensor,
-    k: float,
-    atol: float,
-    *,
-    layer: int,
-    sequence: int,
-) -> None:
-    """``tested <= k * pooled(baselines) + atol`` for the RMS and the worst-token statistic;
-    ``tested`` and ``baselines`` are differences, judged relative to ``reference``."""
-    observed = metrics.relative_errors(tested, reference)
-    pooled = _pooled([metrics.relative_errors(b, reference) for b in baselines])
-    for i, stat in enumerate(("rms", "token")):
-        ratio = observed[i] / max(pooled[i] + atol / k, 1e-300)
-        checks.check(
-            metric,
-            ratio,
-            k,
-            at_least=False,
-            layer=layer,
-            sequence=sequence,
-            token=observed[2] if stat == "token" else None,
-            label=f"{label} {stat}: ",
-        )
-        key = f"{stat}_error[{label}]"
-        checks.verdict.metrics[key] = max(checks.verdict.metrics.get(key, 0.0), observed[i])
+def _noise_bounds(checks: _Checks, metric: str, k: float, items: Iterable[tuple]) -> None:
+    """``tested <= k * pooled(baselines) + atol`` for the RMS and the worst-token statistic.
+
+    ``items`` yields ``(label, tested, baselines, reference, atol, layer, sequence)``;
+    ``tested`` and ``baselines`` are differences, judged relative to ``reference``. Every
+    statistic is read back from the device at once: one synchronisation per verdict, not
+    several per sequence and layer (hundreds of sequences fill a crowded pack).
+    """
+    stats: list[torch.Tensor] = []
+    plan = []
+    for label, tested, baselines, reference, atol, layer, sequence in items:
+        first = len(stats)
+        stats.append(metrics.relative_error_tensor(tested, reference))
+        stats.extend(metrics.relative_error_tensor(b, reference) for b in baselines)
+        plan.append((label, atol, layer, sequence, first, len(stats)))
+    values = torch.stack([t.cpu() for t in stats]).tolist() if stats else []
+    for label, atol, layer, sequence, first, end in plan:
+        observed = values[first]
+        pooled = _pooled(values[first + 1 : end])
+        for i, stat in enumerate(("rms", "token")):
+            ratio = observed[i] / max(pooled[i] + atol / k, 1e-300)
+            checks.check(
+                metric,
+                ratio,
+                k,
+                at_least=False,
+                layer=layer,
+                sequence=sequence,
+                token=int(observed[2]) if stat == "token" else None,
+                label=f"{label} {stat}: ",
+            )
+            key = f"{stat}_error[{label}]"
+            checks.verdict.metrics[key] = max(checks.verdict.metrics.get(key, 0.0), observed[i])
 
 
 def error_ratio(
@@ -341,22 +343,25 @@ def error_ratio(
     """
     checks = _Checks("error_ratio")
     k = thresholds.error_ratio
-    for label, (outputs, baselines, dtype) in tested.items():
-        atol = thresholds.ulp_floor * torch.finfo(dtype).eps
-        for s, (out, ref) in enumerate(zip(outputs, oracle, strict=True)):
-            for layer in sorted(ref):
-                _noise_bound(
-                    checks,
-                    "error_ratio",
-                    label,
-                    out[layer].double() - ref[layer],
-                    [base[s][layer].double() - ref[layer] for base in baselines],
-                    ref[layer],
-                    k,
-                    atol,
-                    layer=layer,
-                    sequence=s,
-                )
+    _noise_bounds(
+        checks,
+        "error_ratio",
+        k,
+        (
+            (
+                label,
+                out[layer].double() - ref[layer],
+                [base[s][layer].double() - ref[layer] for base in baselines],
+                ref[layer],
+                thresholds.ulp_floor * torch.finfo(dtype).eps,
+                layer,
+                s,
+            )
+            for label, (outputs, baselines, dtype) in tested.items()
+            for s, (out, ref) in enumerate(zip(outputs, oracle, strict=True))
+            for layer in sorted(ref)
+        ),
+    )
     checks.verdict.notes.append(
         f"statistic: RMS error against the oracle, over the sequence and over its worst token, "
         f"relative to the oracle's RMS; bound: tested <= {k:g} x (RMS of the same-dtype "
@@ -369,22 +374,25 @@ def error_ratio(
 def finite(candidates: Mapping[str, Outputs], reference: Outputs) -> Verdict:
     """No NaN/Inf in any candidate output where the reference is finite."""
     checks = _Checks("finite")
-    for label, outputs in candidates.items():
-        for s, (cand, ref) in enumerate(zip(outputs, reference, strict=True)):
-            for layer in sorted(ref, key=str):
-                bad = ~torch.isfinite(cand[layer]) & torch.isfinite(ref[layer])
-                count = int(bad.sum())
-                token = int(bad.any(-1).nonzero()[0, 0]) if count else None
-                checks.check(
-                    "non_finite",
-                    float(count),
-                    0.0,
-                    at_least=False,
-                    layer=layer if isinstance(layer, int) else None,
-                    sequence=s,
-                    token=token,
-                    label=f"{label} {layer}: " if not isinstance(layer, int) else f"{label}: ",
-                )
+    found = [
+        (label, s, layer, ~torch.isfinite(cand[layer]) & torch.isfinite(ref[layer]))
+        for label, outputs in candidates.items()
+        for s, (cand, ref) in enumerate(zip(outputs, reference, strict=True))
+        for layer in sorted(ref, key=str)
+    ]
+    # One read-back for every sequence and layer: hundreds of sequences fill a crowded pack.
+    counts = torch.stack([bad.sum().cpu() for *_, bad in found]).tolist() if found else []
+    for (label, s, layer, bad), count in zip(found, counts):
+        checks.check(
+            "non_finite",
+            float(count),
+            0.0,
+            at_least=False,
+            layer=layer if isinstance(layer, int) else None,
+            sequence=s,
+            token=int(bad.any(-1).nonzero()[0, 0]) if count else None,
+            label=f"{label} {layer}: " if not isinstance(layer, int) else f"{label}: ",
+        )
     return checks.done()
 
 
@@ -449,22 +457,24 @@ def context(
     """
     checks = _Checks(name)
     k = thresholds.context_ratio
-    for label, (first, second, baselines, dtype) in paths.items():
-        atol = thresholds.ulp_floor * torch.finfo(dtype).eps
-        for layer in sorted(oracle):
-            ref = oracle[layer]
-            _noise_bound(
-                checks,
-                "context_ratio",
+    _noise_bounds(
+        checks,
+        "context_ratio",
+        k,
+        (
+            (
                 label,
                 first[layer].double() - second[layer].double(),
-                [b[layer].double() - ref for b in baselines],
-                ref,
-                k,
-                atol,
-                layer=layer,
-                sequence=sequence,
+                [b[layer].double() - oracle[layer] for b in baselines],
+                oracle[layer],
+                thresholds.ulp_floor * torch.finfo(dtype).eps,
+                layer,
+                sequence,
             )
+            for label, (first, second, baselines, dtype) in paths.items()
+            for layer in sorted(oracle)
+        ),
+    )
     checks.verdict.notes.append(
         f"statistic: RMS difference between the two contexts, over the sequence and over its "
         f"worst token, relative to the oracle's RMS; bound: {k:g} x (RMS of the same-dtype "
