@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import signal
+import threading
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -24,6 +27,7 @@ __all__ = [
     "DEFAULT_PACKED",
     "DEFAULT_PADDED",
     "ImplementationError",
+    "ImplementationFailure",
     "PackedForward",
     "load_implementation",
     "oracle_forward",
@@ -42,6 +46,84 @@ _MASK_RATIO_TRAIN = 0.15 * 0.8
 
 class ImplementationError(RuntimeError):
     """A user implementation that cannot be imported or breaks the forward contract."""
+
+
+class ImplementationFailure(ImplementationError):
+    """A forward that raised, ran past the time limit, returned malformed output or changed
+    its inputs. ``Harness.check`` turns it into a failing verdict: a finding, shrunk and
+    saved like any other, never a crash of the run.
+
+    ``metric`` is the kind of failure (``exception``, ``timeout``, ``malformed_output``,
+    ``mutated_input``); ``details`` hold the traceback of an exception.
+    """
+
+    def __init__(self, message: str, *, metric: str, details: Sequence[str] = ()):
+        super().__init__(message)
+        self.metric = metric
+        self.details = list(details)
+
+
+class _TimeLimit(BaseException):
+    """Raised by the alarm in the forward's frame; a BaseException, so that the forward's
+    own ``except Exception`` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """SIGALRM after ``seconds``: Unix, main thread only (pytest and its xdist workers run
+    tests there); elsewhere, or with no limit, the call runs unbounded."""
+    usable = (
+        seconds
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _TimeLimit
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def implementation_name(impl) -> str:
+    return f"{getattr(impl, '__module__', '?')}:{getattr(impl, '__qualname__', impl)}"
+
+
+def _call(impl: Callable, kind: str, timeout: float | None, inputs: dict[str, torch.Tensor],
+          *args, **kwargs):
+    """``impl(*args, **kwargs)``, with every way it can fail as an ImplementationFailure.
+
+    ``inputs`` are the tensors among the arguments that it must not change in place.
+    """
+    name = f"{kind} implementation {implementation_name(impl)}"
+    before = {key: value.clone() for key, value in inputs.items()}
+    try:
+        with _time_limit(timeout):
+            out = impl(*args, **kwargs)
+    except _TimeLimit:
+        raise ImplementationFailure(
+            f"{name} did not return within --esm-timeout {timeout:g} s", metric="timeout"
+        ) from None
+    except Exception as exc:
+        raise ImplementationFailure(
+            f"{name} raised {type(exc).__name__}: {exc}",
+            metric="exception",
+            details=traceback.format_exception(exc),
+        ) from exc
+    changed = [key for key, value in inputs.items() if not torch.equal(value, before[key])]
+    if changed:
+        raise ImplementationFailure(
+            f"{name} changed its input {' and '.join(changed)} in place", metric="mutated_input"
+        )
+    return out
 
 
 def padded_forward(model, tokens: torch.Tensor, repr_layers: Iterable[int]):
@@ -209,9 +291,9 @@ def load_implementation(spec: str | Callable, *, option: str = "implementation")
         raise ImplementationError(f"{option}={spec!r} must have the form 'module:function'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # a SyntaxError or a crash at import time is a usage error too
         raise ImplementationError(
-            f"{option}={spec!r}: cannot import {module_name!r}: {exc}"
+            f"{option}={spec!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
         ) from exc
     target = module
     for part in attr.split("."):
@@ -251,15 +333,19 @@ def run_padded(
     layers: Iterable[int],
     *,
     bucketed: bool = False,
+    timeout: float | None = None,
 ) -> list[dict[int, torch.Tensor]]:
     """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` with the padding cut off.
 
-    ``bucketed`` runs :func:`length_buckets` batches instead of one batch of all.
+    ``bucketed`` runs :func:`length_buckets` batches instead of one batch of all; each
+    call of ``impl`` may take ``timeout`` seconds.
     """
     if bucketed and len(sequences) > 1:
         out: list = [None] * len(sequences)
         for group in length_buckets([residue_count(s) for s in sequences]):
-            rows = run_padded(impl, model, alphabet, [sequences[i] for i in group], layers)
+            rows = run_padded(
+                impl, model, alphabet, [sequences[i] for i in group], layers, timeout=timeout
+            )
             for i, row in zip(group, rows):
                 out[i] = row
         return out
@@ -267,46 +353,63 @@ def run_padded(
     device = model.embed_tokens.weight.device
     tokens = pad(sequences, alphabet).to(device)
     with torch.inference_mode():
-        out = impl(model, tokens, layers)
+        out = _call(impl, "padded", timeout, {"tokens": tokens}, model, tokens, layers)
     lengths = [int(n) for n in tokens.ne(alphabet.padding_idx).sum(1)]
     for layer in layers:
         _check_output(
-            out, layer, (len(sequences), tokens.shape[1], model.embed_dim), "padded", impl
+            out, layer, (len(sequences), tokens.shape[1], model.embed_dim), "padded", impl, device
         )
     return [{layer: out[layer][i, :n] for layer in layers} for i, n in enumerate(lengths)]
 
 
 def run_packed(
-    impl: Callable, model, alphabet, sequences: Sequence[str], layers: Iterable[int], **kwargs
+    impl: Callable,
+    model,
+    alphabet,
+    sequences: Sequence[str],
+    layers: Iterable[int],
+    *,
+    timeout: float | None = None,
+    **kwargs,
 ) -> list[dict[int, torch.Tensor]]:
     """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` cut from the packed output."""
     layers = sorted(layers)
     device = model.embed_tokens.weight.device
     batch = pack(sequences, alphabet, device=device)
+    inputs = {"tokens": batch.tokens, "cu_seqlens": batch.cu_seqlens}
     with torch.inference_mode():
-        out = impl(model, batch.tokens, batch.cu_seqlens, batch.max_seqlen, layers, **kwargs)
+        out = _call(impl, "packed", timeout, inputs, model, batch.tokens, batch.cu_seqlens,
+                    batch.max_seqlen, layers, **kwargs)
     per_layer = {}
     for layer in layers:
-        _check_output(out, layer, (batch.tokens.numel(), model.embed_dim), "packed", impl)
+        _check_output(out, layer, (batch.tokens.numel(), model.embed_dim), "packed", impl, device)
         per_layer[layer] = unpack(out[layer], batch.cu_seqlens)
     return [{layer: per_layer[layer][i] for layer in layers} for i in range(len(sequences))]
 
 
-def _check_output(out, layer: int, shape: tuple[int, ...], kind: str, impl: Callable) -> None:
-    name = f"{getattr(impl, '__module__', '?')}:{getattr(impl, '__qualname__', impl)}"
+def _check_output(out, layer: int, shape: tuple[int, ...], kind: str, impl: Callable,
+                  device: torch.device) -> None:
+    name = f"{kind} implementation {implementation_name(impl)}"
     if not isinstance(out, dict):
-        raise ImplementationError(
-            f"{kind} implementation {name} returned {type(out).__name__}, "
-            f"not a dict of layer -> tensor"
+        raise ImplementationFailure(
+            f"{name} returned {type(out).__name__}, not a dict of layer -> tensor",
+            metric="malformed_output",
         )
     if layer not in out:
-        raise ImplementationError(
-            f"{kind} implementation {name} returned layers "
-            f"{sorted(out)}, missing requested layer {layer}"
+        raise ImplementationFailure(
+            f"{name} returned layers {sorted(out, key=repr)}, missing requested layer {layer}",
+            metric="malformed_output",
         )
     value = out[layer]
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ImplementationError(
-            f"{kind} implementation {name} returned {got} for layer {layer}, expected shape {shape}"
+        raise ImplementationFailure(
+            f"{name} returned {got} for layer {layer}, expected shape {shape}",
+            metric="malformed_output",
+        )
+    if not value.is_floating_point() or value.device != device:
+        raise ImplementationFailure(
+            f"{name} returned a {value.dtype} tensor on {value.device} for layer {layer}, "
+            f"expected a floating-point tensor on {device}",
+            metric="malformed_output",
         )

@@ -23,6 +23,7 @@ from esmfuzz.corpus import Case, environment
 from esmfuzz.forward import (
     DEFAULT_PACKED,
     DEFAULT_PADDED,
+    ImplementationFailure,
     PackedForward,
     load_implementation,
     oracle_forward,
@@ -70,6 +71,9 @@ class Config:
     """Dtype paths the implementations under test are checked on: ``both`` (candidate dtype
     and FP32), ``candidate`` (candidate dtype only, for FP16/BF16-only kernels), or ``auto``
     (both, dropping FP32 with a note where the implementation refuses it with a TypeError)."""
+    timeout: float = 0.0
+    """Seconds one call of an implementation under test may take (0: no limit); a call over
+    the limit is a finding."""
     thresholds: P.Thresholds = field(default_factory=P.Thresholds)
 
     @classmethod
@@ -92,6 +96,16 @@ class Config:
                 if clean[name] < least and not (zero_is_default and clean[name] == 0):
                     raise ValueError(f"{source}: {option}={value!r} must be at least {least} "
                                      f"({why})")
+            elif name == "timeout":
+                try:
+                    clean[name] = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{source}: timeout={value!r} is not a number") from None
+                if not (math.isfinite(clean[name]) and clean[name] >= 0):
+                    raise ValueError(
+                        f"{source}: timeout={value!r} must be a finite number of seconds, "
+                        f"at least 0 (0: no limit)"
+                    )
             elif name in known:
                 clean[name] = str(value)
             else:
@@ -183,7 +197,7 @@ class Harness:
         return self._outputs[key]
 
     def _run_packed(self, impl, model, sequences: Sequence[str], layers) -> list[dict]:
-        kwargs = {}
+        kwargs = {"timeout": self._timeout(impl, self._packed)}
         if isinstance(impl, PackedForward):
             kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
         return self._memo(
@@ -195,8 +209,12 @@ class Harness:
         return self._memo(
             ("padded", impl, id(model), tuple(sequences), tuple(sorted(layers)), bucketed),
             lambda: run_padded(impl, model, self.pair.alphabet, sequences, layers,
-                               bucketed=bucketed),
+                               bucketed=bucketed, timeout=self._timeout(impl, self._padded)),
         )
+
+    def _timeout(self, impl, under_test) -> float | None:
+        """The time limit applies to the implementations under test, not esmfuzz's own."""
+        return self.config.timeout or None if impl is under_test else None
 
     def packed(self, model, sequences: Sequence[str], layers) -> list[dict]:
         return self._run_packed(self._packed, model, sequences, layers)
@@ -221,7 +239,11 @@ class Harness:
         """Two trusted computations in ``model``'s dtype that round differently: fair-esm's
         padded forward, and esmfuzz's packed reference (FP32 rotary, varlen attention)."""
         return [self.baseline(model, sequences, layers),
-                self._run_packed(packed_forward, model, sequences, layers)]
+                self.reference_packed(model, sequences, layers)]
+
+    def reference_packed(self, model, sequences: Sequence[str], layers) -> list[dict]:
+        """esmfuzz's packed reference (FP32 rotary, varlen attention), a trusted baseline."""
+        return self._run_packed(packed_forward, model, sequences, layers)
 
     def path_models(self, kind: str) -> list:
         """The models whose dtype paths the implementation ``kind`` is checked on.
@@ -244,10 +266,15 @@ class Harness:
         """``run()``, or None where the implementation refuses FP32 with a TypeError (auto)."""
         try:
             return run()
-        except TypeError as exc:
-            if model is not self.pair.reference or self.config.paths != "auto":
+        except ImplementationFailure as failure:
+            cause = failure.__cause__
+            if (
+                not isinstance(cause, TypeError)
+                or model is not self.pair.reference
+                or self.config.paths != "auto"
+            ):
                 raise
-            self.refused[kind] = f"{type(exc).__name__}: {exc}"
+            self.refused[kind] = f"{type(cause).__name__}: {cause}"
             return None
 
     def refusal_notes(self) -> list[str]:
@@ -279,7 +306,10 @@ class Harness:
             sample = Sample.from_extra(sample, extra)
         try:
             self._outputs = {} if reuse is None else reuse
-            verdict = entry.run(self, sample, list(layers or self.layers))
+            try:
+                verdict = entry.run(self, sample, list(layers or self.layers))
+            except ImplementationFailure as failure:
+                return _failed(prop, failure)
             if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
                 self._outputs = {}  # the re-run calls the implementation afresh
                 explained = entry.run(self, sample, self.all_layers)
@@ -341,6 +371,20 @@ class Harness:
             environment=environment(self.device),
             message=verdict.message(),
         )
+
+
+def _failed(prop: str, failure: ImplementationFailure) -> P.Verdict:
+    """The verdict of a forward that failed outright; its traceback goes into the case."""
+    return P.Verdict(
+        prop,
+        ok=False,
+        metric=failure.metric,
+        value=float("nan"),
+        threshold=0.0,
+        margin=float("-inf"),
+        violations=[str(failure)],
+        notes=["traceback:\n" + "".join(failure.details).rstrip()] if failure.details else [],
+    )
 
 
 def _name(impl) -> str:

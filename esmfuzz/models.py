@@ -32,6 +32,7 @@ __all__ = [
     "estimate_memory",
     "load_model",
     "model_pair",
+    "plan_memory",
     "parse_spec",
     "resolve_device",
     "synthetic_checkpoint",
@@ -467,6 +468,43 @@ def parse_dtype(
     return _DTYPES[name]
 
 
+def plan_memory(
+    spec: ModelSpec, *, device: torch.device, dtype: torch.dtype, oracle_dtype: torch.dtype
+) -> tuple[MemoryEstimate, torch.dtype, str]:
+    """(estimate, oracle dtype, note) of the pair :func:`model_pair` would build: a float64
+    oracle falls back to float32 where only that fits. Raises InsufficientMemory, with
+    advice about what was not already tried, where nothing fits.
+    """
+    loaded = {t for (text, where, t) in _COPIES if (text, where) == (spec.text, str(device))}
+
+    def estimate(oracle):
+        return _still_needed(
+            estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=oracle), loaded
+        )
+
+    first = estimate(oracle_dtype)
+    if first.fits:
+        return first, oracle_dtype, f"oracle in {str(oracle_dtype)[6:]}"
+    tried = [first]
+    if oracle_dtype is torch.float64:
+        smaller = estimate(torch.float32)
+        if smaller.fits:
+            note = "oracle in float32: a float64 copy does not fit in memory"
+            return smaller, torch.float32, note
+        tried.append(smaller)
+    least = tried[-1]
+    advice = "a smaller model or another device" + (
+        "" if len(tried) > 1 or oracle_dtype is torch.float32 else ", or --esm-oracle-dtype float32"
+    )
+    raise InsufficientMemory(
+        f"model {spec.text!r} needs about {_gib(least.device_bytes)} on {device} "
+        f"({'oracle in float32, the least tried' if len(tried) > 1 else 'as asked'}) and "
+        f"{_gib(least.host_bytes)} of host memory to load; available: device "
+        f"{_maybe_gib(least.available_device)}, host {_maybe_gib(least.available_host)}. "
+        f"Use {advice}."
+    )
+
+
 _PAIRS: dict[tuple, ModelPair] = {}
 _COPIES: dict[tuple, torch.nn.Module] = {}
 """Copies by (spec, device, dtype): pairs that differ only in the candidate's dtype share
@@ -493,25 +531,8 @@ def model_pair(
     key = (spec.text, str(device), dtype, want_oracle)
     if key in _PAIRS:
         return _PAIRS[key]
-    loaded = {t for (text, where, t) in _COPIES if (text, where) == (spec.text, str(device))}
-    estimate = _still_needed(
-        estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=want_oracle), loaded
-    )
-    note = f"oracle in {str(want_oracle)[6:]}"
-    if not estimate.fits and want_oracle is torch.float64:
-        smaller = _still_needed(
-            estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=torch.float32), loaded
-        )
-        if smaller.fits:
-            estimate, want_oracle = smaller, torch.float32
-            note = "oracle in float32: a float64 copy does not fit in memory"
-    if not estimate.fits:
-        raise InsufficientMemory(
-            f"model {spec.text!r} needs about {_gib(estimate.device_bytes)} on {device} and "
-            f"{_gib(estimate.host_bytes)} of host memory to load; available: device "
-            f"{_maybe_gib(estimate.available_device)}, host {_maybe_gib(estimate.available_host)}"
-            f". Use a smaller model, --esm-oracle-dtype float32, or another device."
-        )
+    estimate, want_oracle, note = plan_memory(spec, device=device, dtype=dtype,
+                                              oracle_dtype=want_oracle)
     model, alphabet = load_model(spec)
     copies = {}
     for role, role_dtype in (

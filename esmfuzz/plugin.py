@@ -46,6 +46,8 @@ _OPTIONS = {
     "on the CPU, else 16384)",
     "crowd-sequences": "most sequences in a crowded pack (default 128 for ci on the CPU, "
     "else 256)",
+    "timeout": "seconds one call of an implementation under test may take; a call over the "
+    "limit is a finding, saved, and the run goes on (default 0: no limit)",
     "paths": "dtype paths the implementations are checked on: auto, both (candidate dtype and "
     "float32) or candidate (FP16/BF16-only kernels)",
 }
@@ -150,13 +152,53 @@ def _config_from(pytest_config: pytest.Config, profile: str) -> Config:
     corpus = Path(config.corpus)
     if not corpus.is_absolute():
         corpus = pytest_config.rootpath / corpus
-    try:
-        most, tokens = crowd_limits(config, profile=profile)
-    except RuntimeError as exc:
-        raise pytest.UsageError(f"--esm-device: {exc}") from None
+    _preflight(config, pytest_config.getoption("esm_report"))
+    most, tokens = crowd_limits(config, profile=profile)
     return dataclasses.replace(
         config, corpus=str(corpus), crowd_sequences=most, crowd_tokens=tokens
     )
+
+
+def _preflight(config: Config, report: str | None) -> None:
+    """What would otherwise fail only once the model loads, in every test: one usage error
+    before anything runs (device, backend, model spec, checkpoint, memory, report path)."""
+    from esmfuzz.attention import select_backend
+    from esmfuzz.models import parse_dtype, parse_spec, plan_memory, resolve_device
+
+    try:
+        device = resolve_device(config.device)
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"--esm-device: {exc}") from None
+    dtype = parse_dtype(config.dtype)
+    try:
+        select_backend(config.backend, device, dtype)
+        oracle = parse_dtype(config.oracle_dtype, allowed=("float64", "float32"))
+        plan_memory(parse_spec(config.model), device=device, dtype=dtype, oracle_dtype=oracle)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if report:
+        folder = Path(report).resolve().parent
+        problem = (
+            "does not exist" if not folder.is_dir()
+            else "is not writable" if not os.access(folder, os.W_OK)
+            else None
+        )
+        if problem:
+            raise pytest.UsageError(f"--esm-report {report!r}: folder {str(folder)!r} {problem}")
+
+
+def _save(harness: Harness, prop: str, sample: Sample, verdict: Verdict,
+          recorder: FuzzRecorder) -> str:
+    """Save the case; what to add to the failure message. A failure to save is said, never
+    raised: it must not replace the finding."""
+    try:
+        path, created = save_case(harness.case(prop, sample, verdict), harness.config.corpus)
+    except (OSError, CorpusError) as exc:
+        recorder.unsaved_errors.append(f"{prop}: {exc}")
+        return f"could not save: {exc}"
+    if created:
+        recorder.saved.append(path)
+    return f"corpus case: {path}{'' if created else ' (already in the corpus)'}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -190,6 +232,8 @@ class FuzzRecorder:
         self.unsaved: tuple | None = None
         """The latest failing example not yet in the corpus: saved if the test ends failed
         without a final (shrunk, reproduced) example, as with a flaky implementation."""
+        self.unsaved_errors: list[str] = []
+        """Failures that could not be written to the corpus, and why."""
         self._corpus_cache: tuple[list[tuple[Path, Case]], list[CorpusError]] | None = None
 
     def corpus(self) -> tuple[list[tuple[Path, Case]], list[CorpusError]]:
@@ -310,6 +354,7 @@ def check_and_record(
             threshold=0.0,
             margin=float("-inf"),
             violations=[line.rstrip() for line in traceback.format_exception_only(exc)],
+            notes=["traceback:\n" + "".join(traceback.format_exception(exc)).rstrip()],
         )
     recorder.record(prop, stratum, sample, verdict, harness.under_test(prop))
     if math.isfinite(verdict.margin):
@@ -321,10 +366,7 @@ def check_and_record(
         recorder.unsaved = (harness, prop, sample, verdict)
     else:
         recorder.unsaved = None
-        path, created = save_case(harness.case(prop, sample, verdict), harness.config.corpus)
-        if created:
-            recorder.saved.append(path)
-        message += f"\ncorpus case: {path}{'' if created else ' (already in the corpus)'}"
+        message += "\n" + _save(harness, prop, sample, verdict, recorder)
     raise AssertionError(message)
 
 
@@ -388,20 +430,18 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     harness, prop, sample, verdict = recorder.unsaved
     recorder.unsaved = None
     if report.failed:
-        verdict.notes.append("saved unshrunk: the failure did not reproduce on the final run")
-        path, created = save_case(harness.case(prop, sample, verdict), harness.config.corpus)
-        if created:
-            recorder.saved.append(path)
-        report.sections.append(("esmfuzz", f"unreproducible failure saved to {path}"))
+        verdict.notes.append(
+            "saved unshrunk: the failure did not reproduce on the final run (the implementation "
+            "under test is not deterministic)"
+        )
+        saved = _save(harness, prop, sample, verdict, recorder)
+        report.sections.append(("esmfuzz", f"unreproducible failure; {saved}"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     recorder = config.stash.get(_RECORDER, None)
     if recorder is None or not recorder.rows:
         return
-    report = config.getoption("esm_report")
-    if report:
-        Path(report).write_text(json.dumps(recorder.report(), indent=2, sort_keys=True) + "\n")
     tr = terminalreporter
     tr.section("esmfuzz summary")
     try:
@@ -450,3 +490,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         tr.write_line(f"corpus error: {error}", red=True)
     for path in recorder.saved:
         tr.write_line(f"saved corpus case: {path}", yellow=True)
+    for error in recorder.unsaved_errors:
+        tr.write_line(f"could not save: {error}", red=True)
+    report = config.getoption("esm_report")
+    if report:
+        try:
+            Path(report).write_text(json.dumps(recorder.report(), indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            tr.write_line(f"could not write --esm-report: {exc}", red=True)

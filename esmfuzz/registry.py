@@ -105,20 +105,28 @@ def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdic
     if name == "isolation":
         if sample.variant is None:
             raise ValueError("isolation needs a sample with variant=, the layout to compare with")
+        contexts = [(seqs, target), (sample.variant, sample.variant_target)]
 
         def run(model):
             first = harness.packed(model, seqs, layers)[target]
             return first, harness.packed(model, sample.variant, layers)[sample.variant_target]
     else:
+        contexts = [(seqs, target)]
 
         def run(model):
             among = harness.padded(model, seqs, layers, whole=True)[target]
             return among, harness.padded(model, alone, layers)[0]
 
+    def baselines(model):
+        """The target alone (fair-esm padded, packed reference), and the packed reference
+        in each context: packs of other sizes round the linear layers differently, so the
+        pool holds independent samples of the noise that separates two contexts."""
+        return [out[0] for out in harness.baselines(model, alone, layers)] + [
+            harness.reference_packed(model, context, layers)[at] for context, at in contexts
+        ]
+
     paths = {
-        f"{kind} {label}": (first, second,
-                            [out[0] for out in harness.baselines(model, alone, layers)],
-                            model.embed_tokens.weight.dtype)
+        f"{kind} {label}": (first, second, baselines(model), model.embed_tokens.weight.dtype)
         for label, (model, (first, second)) in _per_model(harness, kind, run).items()
     }
     verdict = P.context(paths, harness.oracle(alone, layers)[0], harness.thresholds, name=name,

@@ -48,9 +48,14 @@ def test_candidate_paths_never_call_fp32(esmfuzz_cache):
     assert h.refused == {}
 
 
-def test_both_paths_turn_a_refusal_into_an_error(esmfuzz_cache):
-    with pytest.raises(TypeError, match="half_only_packed takes float16"):
-        harness(esmfuzz_cache, packed_impl=HALF_ONLY, paths="both").check("error_ratio", LAYOUT)
+def test_both_paths_turn_a_refusal_into_a_finding(esmfuzz_cache):
+    verdict = harness(esmfuzz_cache, packed_impl=HALF_ONLY, paths="both").check(
+        "error_ratio", LAYOUT
+    )
+    assert not verdict.ok and verdict.metric == "exception"
+    assert "raised TypeError" in verdict.violations[0]
+    assert "half_only_packed takes float16" in verdict.message()
+    assert "traceback:" in verdict.message()
 
 
 def test_under_test_names_only_non_default_implementations(esmfuzz_cache):

@@ -256,3 +256,46 @@ def test_packed_impl_without_colon_is_a_usage_error(no_colon_run):
     assert no_colon_run.returncode == pytest.ExitCode.USAGE_ERROR, out
     assert "--esm-packed-impl='nocolon' must have the form 'module:function'" in out
     assert "ERROR at setup" not in out and "Traceback" not in out
+
+
+# --- a broken implementation is a finding, never a crash ------------------------------
+
+BROKEN = {
+    "raises": ("exception", "raised RuntimeError: CUDA error: an illegal memory access"),
+    "wrong_shape": ("malformed_output", "expected shape"),
+    "returns_nan": ("error_ratio", "error_ratio=nan"),
+    "hangs": ("timeout", "did not return within --esm-timeout 2 s"),
+    "mutates_cu_seqlens": ("mutated_input", "changed its input cu_seqlens in place"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(BROKEN))
+def broken_run(request, tmp_path_factory, run_env):
+    root = _workdir(tmp_path_factory, request.param)
+    impl = f"tests.impls.broken:{request.param}"
+    done = fuzz(root, run_env, ERROR_RATIO_SHORT, "--esm-packed-impl", impl, "--esm-timeout", "2",
+                "--esm-report", str(root / "report.json"))
+    return request.param, root, done
+
+
+def test_broken_implementation_is_a_named_finding(broken_run):
+    name, root, done = broken_run
+    metric, words = BROKEN[name]
+    out = done.stdout
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, out
+    assert "InvalidArgument" not in out and "INTERNALERROR" not in out
+    assert f"violated: {metric}=" in out and words in out, out
+    assert f"tests.impls.broken:{name}" in out
+    assert "esmfuzz summary" in out
+    [row] = json.loads((root / "report.json").read_text())["rows"]
+    assert row["failures"] >= 1 and row["metric"] == metric
+
+
+def test_broken_implementation_case_is_saved_shrunk(broken_run):
+    name, root, done = broken_run
+    [path] = corpus_files(root)
+    case = json.loads(path.read_text())
+    assert case["implementations"]["packed"] == f"tests.impls.broken:{name}"
+    assert len(case["sequences"]) == 1 and len(case["sequences"][0]) <= 2, case["sequences"]
+    if name == "raises":
+        assert "traceback:" in case["message"] and "tests/impls/broken.py" in case["message"]
