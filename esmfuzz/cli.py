@@ -73,6 +73,8 @@ def cmd_replay(args) -> int:
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # implementations import as under `python -m`
     root = Path(args.directory or _config(args).corpus)
+    if not root.is_dir():
+        raise ValueError(f"corpus directory {str(root)!r} does not exist")
     cases, errors = load_corpus(root)
     rows, failed = [], 0
     for path, case in cases:
@@ -82,8 +84,8 @@ def cmd_replay(args) -> int:
         except BackendUnavailable as exc:
             rows.append((path, case, "skipped", str(exc)))
             continue
-        except (ValueError, RuntimeError) as exc:
-            rows.append((path, case, "ERROR", str(exc)))
+        except Exception as exc:  # one broken case must not hide the others
+            rows.append((path, case, "ERROR", f"{type(exc).__name__}: {exc}"))
             failed += 1
             continue
         expected = case.status == "fixed"

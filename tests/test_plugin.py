@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from esmfuzz import cli
 from esmfuzz.corpus import load_corpus, save_case, set_status
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = REPO / "fuzz" / "test_properties.py"
 IMPLS = "tests.impls.packed"
 ERROR_RATIO_SHORT = "test_error_ratio and short"
+_HAS_CUDA = torch.cuda.is_available()
 
 
 @pytest.fixture(scope="session")
@@ -210,6 +212,29 @@ def test_replay_reports_a_case_it_cannot_run_and_runs_the_rest(corpus_copy, caps
     assert "2 cases, 1 unexpected, 0 malformed" in out
 
 
+def test_replay_survives_broken_cases_and_runs_the_rest(corpus_copy, capsys, tmp_path,
+                                                       monkeypatch):
+    """One case's implementation raises, another's module has a SyntaxError: both get a
+    row, and the good case still runs."""
+    (tmp_path / "syntax_error_impl.py").write_text("def forward(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    [(_, case)], _ = load_corpus(corpus_copy)
+    for impl in ("tests.impls.broken:raises", "syntax_error_impl:forward"):
+        save_case(dataclasses.replace(case, implementations={"packed": impl}), corpus_copy)
+    code, out = replay(corpus_copy, capsys)
+    assert code == 1, out
+    assert "exception=nan" in out  # the raising implementation is a still-open finding
+    assert "ERROR" in out and "SyntaxError" in out
+    assert out.count("still open") == 2
+    assert "3 cases, 1 unexpected, 0 malformed" in out
+
+
+def test_replay_of_a_missing_directory_is_an_error(tmp_path, capsys):
+    code = cli.main(["replay", str(tmp_path / "nope"), "--device", "cpu"])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 # --- option errors --------------------------------------------------------------------
 
 
@@ -225,6 +250,19 @@ def option_root(tmp_path_factory) -> Path:
         (("--esm-threshold", "nosuch=1"), ["unknown threshold 'nosuch'", "token_cosine"]),
         (("--esm-threshold", "error_ratio=nan"), ["error_ratio=nan", "finite number >= 0"]),
         (("--esm-paths", "fp32"), ["paths='fp32'", "auto, both, candidate"]),
+        (("--esm-timeout", "-1"), ["timeout='-1'", "at least 0"]),
+        (("--esm-report", "/nonexistent-dir/report.json"), ["'/nonexistent-dir'", "not exist"]),
+        (("--esm-model", "/nonexistent-dir/model.pt"), ["model.pt", "does not exist"]),
+        pytest.param(
+            ("--esm-device", "cuda"),
+            ["--esm-device", "CUDA is not available"],
+            marks=pytest.mark.skipif(_HAS_CUDA, reason="CUDA is available here"),
+        ),
+        pytest.param(
+            ("--esm-model", "synthetic:esm2_t48_15B_UR50D"),
+            ["needs about", "oracle in float32, the least tried", "smaller model"],
+            marks=pytest.mark.skipif(_HAS_CUDA, reason="checks the CPU's memory"),
+        ),
         (
             ("--esm-padded-impl", "no_such_module_xyz:forward"),
             ["--esm-padded-impl='no_such_module_xyz:forward'", "cannot import"],
@@ -235,6 +273,7 @@ def test_bad_option_is_a_usage_error(option_root, run_env, option, words):
     done = fuzz(option_root, run_env, "test_isolation", *option, "--collect-only")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout
     assert done.stdout.startswith("ERROR: "), done.stdout
+    assert len(done.stdout.strip().splitlines()) == 1, done.stdout
     assert "Traceback" not in done.stdout
     for word in words:
         assert word in done.stdout
