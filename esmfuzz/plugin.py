@@ -234,6 +234,8 @@ class FuzzRecorder:
         without a final (shrunk, reproduced) example, as with a flaky implementation."""
         self.unsaved_errors: list[str] = []
         """Failures that could not be written to the corpus, and why."""
+        self.header = ""
+        self.notes: list[str] = []
         self._corpus_cache: tuple[list[tuple[Path, Case]], list[CorpusError]] | None = None
 
     def corpus(self) -> tuple[list[tuple[Path, Case]], list[CorpusError]]:
@@ -255,6 +257,57 @@ class FuzzRecorder:
         if row["worst"] is None or verdict.margin < row["worst"].margin:
             row["worst"] = verdict
         self.reach.add(sample)
+
+    def export(self) -> dict:
+        """Everything the summary needs, as JSON-ready data: what an xdist worker sends to
+        the controller (:meth:`merge`)."""
+        return {
+            "rows": [
+                {"key": list(key), **row, "worst": dataclasses.asdict(row["worst"])}
+                for key, row in self.rows.items()
+            ],
+            "reach": self.reach.as_dict(),
+            "saved": [str(p) for p in self.saved],
+            "unsaved_errors": self.unsaved_errors,
+            "header": self.header,
+            "notes": self.notes,
+        }
+
+    def merge(self, data: dict) -> None:
+        """Add a worker's :meth:`export` to this (the controller's) recorder."""
+        for item in data["rows"]:
+            item = dict(item)
+            key = tuple(item.pop("key"))
+            worst = Verdict(**item.pop("worst"))
+            row = self.rows.get(key)
+            if row is None:
+                self.rows[key] = {**item, "worst": worst}
+                continue
+            row["examples"] += item["examples"]
+            row["failures"] += item["failures"]
+            firsts = [x for x in (row["first_failure"], item["first_failure"]) if x is not None]
+            row["first_failure"] = min(firsts) if firsts else None
+            if worst.margin < row["worst"].margin:
+                row["worst"] = worst
+        self.reach.merge(data["reach"])
+        self.saved += [Path(p) for p in data["saved"]]
+        self.unsaved_errors += data["unsaved_errors"]
+        self.header = self.header or data["header"]
+        self.notes += [n for n in data["notes"] if n not in self.notes]
+
+    def describe_harness(self) -> None:
+        """The summary's header line and notes, from this process's harness (in a worker,
+        before its results go to the controller, which loads no model)."""
+        try:
+            harness = harness_for(self.config)
+            pair = harness.pair
+            self.header = (
+                f"model {pair.spec.text} on {pair.device}; candidate {str(pair.dtype)[6:]}, "
+                f"backend {harness.backend}; {pair.oracle_note}; profile {self.profile}"
+            )
+            self.notes = harness.refusal_notes()
+        except Exception as exc:  # the summary must never hide the test results
+            self.header = f"(model pair unavailable: {exc})"
 
     def report(self) -> dict:
         """What ran, per property and stratum, as JSON-ready data (``--esm-report``)."""
@@ -301,6 +354,13 @@ class Reach:
             residues = [r for s in layout for r in split_residues(s)]
             self.masks += MASK in residues
             self.rare |= set(residues) & set(RARE_RESIDUES)
+
+    def merge(self, data: dict) -> None:
+        self.sequences = max(self.sequences, data["max_sequences_per_pack"])
+        self.tokens = max(self.tokens, data["max_tokens_per_pack"])
+        self.longest = max(self.longest, data["longest_sequence"])
+        self.rare |= set(data["rare_residues_seen"])
+        self.masks += data["layouts_with_mask"]
 
     def as_dict(self) -> dict:
         return {"max_sequences_per_pack": self.sequences, "max_tokens_per_pack": self.tokens,
@@ -438,21 +498,32 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         report.sections.append(("esmfuzz", f"unreproducible failure; {saved}"))
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker sends its rows to the controller, which prints one summary."""
+    recorder = session.config.stash.get(_RECORDER, None)
+    if recorder is not None and hasattr(session.config, "workeroutput"):
+        if recorder.rows:
+            recorder.describe_harness()
+        session.config.workeroutput["esmfuzz"] = json.dumps(recorder.export())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    recorder = node.config.stash.get(_RECORDER, None)
+    data = getattr(node, "workeroutput", {}).get("esmfuzz")
+    if recorder is not None and data:
+        recorder.merge(json.loads(data))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     recorder = config.stash.get(_RECORDER, None)
-    if recorder is None or not recorder.rows:
+    if recorder is None or not recorder.rows or hasattr(config, "workeroutput"):
         return
     tr = terminalreporter
     tr.section("esmfuzz summary")
-    try:
-        harness = harness_for(recorder.config)
-        pair = harness.pair
-        tr.write_line(
-            f"model {pair.spec.text} on {pair.device}; candidate {str(pair.dtype)[6:]}, "
-            f"backend {harness.backend}; {pair.oracle_note}; profile {recorder.profile}"
-        )
-    except Exception as exc:  # the summary must never hide the test results
-        tr.write_line(f"(model pair unavailable: {exc})")
+    if not recorder.header:
+        recorder.describe_harness()
+    tr.write_line(recorder.header)
     header = (f"{'property':<20}{'stratum':<11}{'examples':>9}{'fail':>6}  "
               f"{'worst metric (path, layer)':<58}under test")
     tr.write_line(header)
@@ -480,11 +551,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             f"(their passes say nothing about your code): {', '.join(unexercised)}",
             yellow=True,
         )
-    try:
-        for note in harness_for(recorder.config).refusal_notes():
-            tr.write_line(f"note: {note}", yellow=True)
-    except Exception:  # the summary must never hide the test results
-        pass
+    for note in recorder.notes:
+        tr.write_line(f"note: {note}", yellow=True)
     _, errors = recorder.corpus()
     for error in errors:
         tr.write_line(f"corpus error: {error}", red=True)

@@ -338,3 +338,24 @@ def test_broken_implementation_case_is_saved_shrunk(broken_run):
     assert len(case["sequences"]) == 1 and len(case["sequences"][0]) <= 2, case["sequences"]
     if name == "raises":
         assert "traceback:" in case["message"] and "tests/impls/broken.py" in case["message"]
+
+
+# --- parallel runs: one summary and one complete report -------------------------------
+
+
+def test_xdist_workers_report_into_one_summary(tmp_path_factory, run_env):
+    root = _workdir(tmp_path_factory, "xdist")
+    select = "(test_isolation and mixed) or (test_error_ratio and short) or (test_finite and short)"
+    done = fuzz(root, run_env, select, "-n", "2", "--esm-packed-impl", "tests.impls.broken:raises",
+                "--esm-report", str(root / "report.json"))
+    out = done.stdout
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, out
+    assert "created: 2/2 workers" in out
+    assert out.count("esmfuzz summary") == 1
+    for target in ("error_ratio         short", "finite              short",
+                   "isolation           mixed"):
+        assert target in out, out
+    report = json.loads((root / "report.json").read_text())
+    assert sorted(r["property"] for r in report["rows"]) == ["error_ratio", "finite", "isolation"]
+    assert len(report["saved"]) == 3 == len(corpus_files(root))
+    assert out.count("saved corpus case:") == 3
