@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -453,9 +454,15 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
 
     def run(prop: str, stratum: str | None = None) -> None:
         entry = PROPERTIES[prop]
+        progress = _Progress(request.config, f"{prop}[{stratum or 'mixed'}]")
 
         def body(sample):
-            check_and_record(esm_harness, recorder, prop, sample, stratum=stratum)
+            try:
+                check_and_record(esm_harness, recorder, prop, sample, stratum=stratum)
+            except AssertionError:
+                progress.example(ok=False)
+                raise
+            progress.example(ok=True)
 
         test = given(sample=entry.samples(esm_harness.config, stratum))(body)
         cases, _ = recorder.corpus()
@@ -469,9 +476,44 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
         if chosen is not None:
             digest = hashlib.sha256(f"{chosen}:{request.node.nodeid}".encode()).digest()
             test = seed(int.from_bytes(digest[:8], "big"))(test)
-        test()
+        try:
+            test()
+        finally:
+            progress.end()
 
     return run
+
+
+class _Progress:
+    """A line per fuzz target as it ends, and every ``every`` seconds while it runs: on a
+    CPU one target can take minutes, and pytest's dots say nothing meanwhile. Silent in
+    xdist workers (their output is not shown) and under ``-q -q``."""
+
+    def __init__(self, config: pytest.Config, name: str, *, every: float = 30.0):
+        quiet = config.getoption("verbose") < -1 or hasattr(config, "workeroutput")
+        self.tr = None if quiet else config.pluginmanager.get_plugin("terminalreporter")
+        self.name, self.every = name, every
+        self.start = self.last = time.monotonic()
+        self.examples = self.failing = 0
+
+    def example(self, *, ok: bool) -> None:
+        self.examples += 1
+        self.failing += not ok
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._write("running")
+
+    def end(self) -> None:
+        self._write("done")
+
+    def _write(self, state: str) -> None:
+        if self.tr is not None:
+            self.tr.write_line(
+                f"esmfuzz: {self.name} {state}: {self.examples} examples run "
+                f"({self.failing} failing, shrinking included), "
+                f"{time.monotonic() - self.start:.0f} s"
+            )
 
 
 def _replays_in(case: Case, strata, stratum) -> bool:
