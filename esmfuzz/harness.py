@@ -63,9 +63,9 @@ class Config:
     raise it (4096 and more) to reach positions where FP16/BF16 rounding shows."""
     crowd_tokens: int = 0
     """Token budget of the ``crowded`` stratum (many short proteins in one pack); 0 picks
-    6144 for the ci profile on the CPU, else 16384."""
+    6144 for the quick and ci profiles on the CPU, else 16384."""
     crowd_sequences: int = 0
-    """Most sequences in a ``crowded`` pack; 0 picks 128 for the ci profile on the CPU,
+    """Most sequences in a ``crowded`` pack; 0 picks 128 for quick and ci on the CPU,
     else 256."""
     paths: str = "auto"
     """Dtype paths the implementations under test are checked on: ``both`` (candidate dtype
@@ -138,7 +138,7 @@ _INT_KEYS = {
 
 def crowd_limits(config: Config, *, profile: str) -> tuple[int, int]:
     """(most sequences, token budget) of the ``crowded`` stratum under ``profile``."""
-    small = profile == "ci" and resolve_device(config.device).type == "cpu"
+    small = profile in ("quick", "ci") and resolve_device(config.device).type == "cpu"
     return (
         config.crowd_sequences or (128 if small else 256),
         config.crowd_tokens or (6144 if small else 16384),

@@ -29,7 +29,7 @@ from esmfuzz.registry import PROPERTIES
 
 __all__ = ["FuzzRecorder", "PROFILES", "check_and_record", "stratum_of_layout"]
 
-PROFILES = ("ci", "dev", "soak")
+PROFILES = ("quick", "ci", "dev", "soak")
 _OPTIONS = {
     "model": "model spec: fair-esm name, path to a .pt, or synthetic:<esm2 name>[?seed=N]",
     "device": "auto, cpu, cuda or cuda:N",
@@ -60,6 +60,7 @@ def _register_profiles() -> None:
         "print_blob": True,
         "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
     }
+    settings.register_profile("quick", max_examples=3, **common)
     settings.register_profile("ci", max_examples=6, derandomize=True, database=None, **common)
     settings.register_profile("dev", max_examples=40, **common)
     settings.register_profile(
@@ -112,8 +113,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="esm_profile",
         default=None,
         choices=PROFILES,
-        help="Hypothesis profile: ci (small, fixed seed), dev, soak "
-        "(default: ci when $CI is set, else dev)",
+        help="Hypothesis profile: quick (3 examples per target, minutes on a laptop CPU), "
+        "ci (6, fixed seed), dev (40), soak (unbounded) (default: ci when $CI is set, "
+        "else quick)",
     )
 
 
@@ -204,7 +206,7 @@ def _save(harness: Harness, prop: str, sample: Sample, verdict: Verdict,
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
-    profile = config.getoption("esm_profile") or ("ci" if os.environ.get("CI") else "dev")
+    profile = config.getoption("esm_profile") or ("ci" if os.environ.get("CI") else "quick")
     settings.load_profile(profile)
     recorder = FuzzRecorder(_config_from(config, profile), profile)
     config.stash[_RECORDER] = recorder
