@@ -24,11 +24,11 @@ def _version(dist: str) -> str:
 def _config(args):
     from esmfuzz.harness import Config, read_pyproject
 
-    values = dict(read_pyproject())
-    for key in ("model", "device", "dtype", "backend"):
-        if getattr(args, key, None):
-            values[key] = getattr(args, key)
-    return Config.from_mapping(values)
+    stored = dict(read_pyproject())
+    Config.from_mapping(stored)
+    given = {k: getattr(args, k) for k in ("model", "device", "dtype", "backend")
+             if getattr(args, k, None)}
+    return Config.from_mapping({**stored, **given}, source="command-line options")
 
 
 def cmd_info(args) -> int:

@@ -14,6 +14,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -494,6 +495,7 @@ class _Progress:
     def __init__(self, config: pytest.Config, name: str, *, every: float = 30.0):
         quiet = config.getoption("verbose") < -1 or hasattr(config, "workeroutput")
         self.tr = None if quiet else config.pluginmanager.get_plugin("terminalreporter")
+        self.capture = config.pluginmanager.get_plugin("capturemanager")
         self.name, self.every = name, every
         self.start = self.last = time.monotonic()
         self.examples = self.failing = 0
@@ -510,7 +512,12 @@ class _Progress:
         self._write("done")
 
     def _write(self, state: str) -> None:
-        if self.tr is not None:
+        if self.tr is None:
+            return
+        # Output capture holds file descriptor 1 during a test: step around it, as pytest's
+        # live logging does.
+        suspended = self.capture.global_and_fixture_disabled() if self.capture else nullcontext()
+        with suspended:
             self.tr.write_line(
                 f"esmfuzz: {self.name} {state}: {self.examples} examples run "
                 f"({self.failing} failing, shrinking included), "

@@ -279,6 +279,21 @@ def test_bad_option_is_a_usage_error(option_root, run_env, option, words):
         assert word in done.stdout
 
 
+def test_implementation_that_fails_to_import_is_a_usage_error(option_root, run_env):
+    (option_root / "broken_at_import.py").write_text("def forward(:\n")
+    done = fuzz(option_root, run_env, "test_isolation", "--esm-packed-impl",
+                "broken_at_import:forward", "--collect-only")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout
+    assert "INTERNALERROR" not in done.stdout and "Traceback" not in done.stdout
+    assert "cannot import 'broken_at_import': SyntaxError" in done.stdout
+
+
+def test_info_blames_the_command_line_for_a_bad_option(capsys):
+    assert cli.main(["info", "--dtype", "float8"]) == 2
+    err = capsys.readouterr().err
+    assert "command-line options" in err and "[tool.esmfuzz]" not in err
+
+
 def test_threshold_override_is_accepted(leaky_runs):
     root, first, files, _, _ = leaky_runs
     assert first.returncode == pytest.ExitCode.TESTS_FAILED  # not a usage error
