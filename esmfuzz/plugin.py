@@ -252,12 +252,15 @@ class FuzzRecorder:
         row = self.rows.setdefault(
             (prop, stratum),
             {"examples": 0, "failures": 0, "first_failure": None, "worst": None,
-             "under_test": under_test},
+             "under_test": under_test, "shrink_calls": 0},
         )
-        row["examples"] += 1
-        row["failures"] += not verdict.ok
-        if not verdict.ok and row["first_failure"] is None:
-            row["first_failure"] = row["examples"]
+        if row["first_failure"] is not None:
+            row["shrink_calls"] += 1  # after the first failure, Hypothesis is shrinking it
+        else:
+            row["examples"] += 1
+            row["failures"] += not verdict.ok
+            if not verdict.ok:
+                row["first_failure"] = row["examples"]
         if row["worst"] is None or verdict.margin < row["worst"].margin:
             row["worst"] = verdict
         self.reach.add(sample)
@@ -289,6 +292,7 @@ class FuzzRecorder:
                 continue
             row["examples"] += item["examples"]
             row["failures"] += item["failures"]
+            row["shrink_calls"] += item["shrink_calls"]
             firsts = [x for x in (row["first_failure"], item["first_failure"]) if x is not None]
             row["first_failure"] = min(firsts) if firsts else None
             if worst.margin < row["worst"].margin:
@@ -325,6 +329,7 @@ class FuzzRecorder:
                     "examples": row["examples"],
                     "failures": row["failures"],
                     "first_failure": row["first_failure"],
+                    "shrink_calls": row["shrink_calls"],
                     "metric": worst.metric,
                     "value": _json_float(worst.value),
                     "threshold": _json_float(worst.threshold),

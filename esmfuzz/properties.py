@@ -236,8 +236,9 @@ class _Checks:
                 for k, x in (("layer", layer), ("sequence", sequence), ("token", token))
                 if x is not None
             )
+            why = "" if math.isfinite(value) else " (the output holds NaN or Inf)"
             v.violations.append(
-                f"{label}{metric}={value:.6g} (needs {rel} {threshold:g}) at {place}"
+                f"{label}{metric}={value:.6g} (needs {rel} {threshold:g}) at {place}{why}"
             )
             if layer is not None and (v.first_layer is None or layer < v.first_layer):
                 v.first_layer = layer
