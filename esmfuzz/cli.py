@@ -1,4 +1,4 @@
-"""The ``esmfuzz`` command: ``info`` and ``replay``.
+"""The ``esmfuzz`` command: ``info``, ``replay`` and ``show``.
 
 A thin layer over :mod:`esmfuzz.harness` and :mod:`esmfuzz.corpus`; nothing
 imports it.
@@ -104,19 +104,53 @@ def cmd_replay(args) -> int:
     return 1 if failed or errors else 0
 
 
+def cmd_show(args) -> int:
+    """A case's full per-layer picture: re-run on every layer, one row per layer."""
+    from esmfuzz.corpus import load_case
+    from esmfuzz.harness import config_for_case, harness_for
+    from esmfuzz.triage import signature
+
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    case = load_case(args.case)
+    harness = harness_for(config_for_case(case, device=args.device or "auto"))
+    verdict = harness.check(case.property, case.sequences, case.extra,
+                            layers=harness.all_layers)
+    print(f"case       {args.case} ({case.status})")
+    print(f"property   {case.property}; sequences {list(case.sequences)}")
+    print(f"verdict    {'holds' if verdict.ok else 'violated'}: {verdict.metric}="
+          f"{verdict.value:.6g} (bound {verdict.threshold:g})")
+    if not verdict.ok:
+        print(f"signature  {signature(verdict, harness.layers)}")
+    if verdict.layers:
+        print(f"layers     {verdict.layer_pattern()}")
+        print(f"{'layer':>6}  {'worst check':<18}{'value':>12}  status")
+        for layer, (margin, metric, value) in sorted(verdict.layers.items()):
+            print(f"{layer:>6}  {metric:<18}{value:>12.4g}  {'ok' if margin >= 0 else 'FAIL'}")
+    for line in verdict.violations[: args.violations]:
+        print(f"  - {line}")
+    if len(verdict.violations) > args.violations:
+        print(f"  ... {len(verdict.violations) - args.violations} more (--violations N)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esmfuzz", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="device, versions, backends, model and memory estimate")
     replay = sub.add_parser("replay", help="re-run every corpus case and compare with its status")
     replay.add_argument("directory", nargs="?", help="corpus directory (default from pyproject)")
-    for p in (info, replay):
+    show = sub.add_parser("show", help="re-run one corpus case on every layer: its full "
+                          "per-layer picture")
+    show.add_argument("case", help="path to a corpus case (.json)")
+    show.add_argument("--violations", type=int, default=20, help="most violations to list")
+    for p in (info, replay, show):
         p.add_argument("--device")
     for key in ("model", "dtype", "backend"):
         info.add_argument(f"--{key}")
     args = parser.parse_args(argv)
     try:
-        return {"info": cmd_info, "replay": cmd_replay}[args.command](args)
+        return {"info": cmd_info, "replay": cmd_replay, "show": cmd_show}[args.command](args)
     except (ValueError, RuntimeError) as exc:
         print(f"esmfuzz: error: {exc}", file=sys.stderr)
         return 2

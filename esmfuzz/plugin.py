@@ -27,6 +27,7 @@ from esmfuzz.corpus import Case, CorpusError, load_corpus, save_case
 from esmfuzz.harness import Config, Harness, crowd_limits, harness_for, read_pyproject
 from esmfuzz.properties import Sample, Verdict
 from esmfuzz.registry import PROPERTIES
+from esmfuzz.triage import Known, signature
 
 __all__ = ["FuzzRecorder", "PROFILES", "check_and_record", "stratum_of_layout"]
 
@@ -192,17 +193,23 @@ def _preflight(config: Config, report: str | None) -> None:
 
 
 def _save(harness: Harness, prop: str, sample: Sample, verdict: Verdict,
-          recorder: FuzzRecorder) -> str:
-    """Save the case; what to add to the failure message. A failure to save is said, never
-    raised: it must not replace the finding."""
+          recorder: FuzzRecorder, target_name: str, *, status: str = "new") -> str:
+    """Save the case and settle its signature; what to add to the failure message. A
+    failure to save is said, never raised: it must not replace the finding."""
+    sig = signature(verdict, harness.layers)
     try:
         path, created = save_case(harness.case(prop, sample, verdict), harness.config.corpus)
     except (OSError, CorpusError) as exc:
         recorder.unsaved_errors.append(f"{prop}: {exc}")
-        return f"could not save: {exc}"
+        recorder.settle(sig, status=status, case="", pattern=verdict.layer_pattern(),
+                        target=target_name)
+        return f"signature: {sig}\ncould not save: {exc}"
     if created:
         recorder.saved.append(path)
-    return f"corpus case: {path}{'' if created else ' (already in the corpus)'}"
+    recorder.settle(sig, status=status, case=str(path), pattern=verdict.layer_pattern(),
+                    target=target_name)
+    return (f"signature: {sig}\ncorpus case: {path}"
+            f"{'' if created else ' (already in the corpus)'}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -240,6 +247,10 @@ class FuzzRecorder:
         """Failures that could not be written to the corpus, and why."""
         self.header = ""
         self.notes: list[str] = []
+        self.known: dict[str, Known] = {}
+        """Distinct failures by signature: found and saved in this run, or open corpus
+        cases that still fail. A later failure with one of these signatures is counted
+        as seen again, not shrunk again."""
         self._corpus_cache: tuple[list[tuple[Path, Case]], list[CorpusError]] | None = None
 
     def corpus(self) -> tuple[list[tuple[Path, Case]], list[CorpusError]]:
@@ -247,14 +258,22 @@ class FuzzRecorder:
             self._corpus_cache = load_corpus(self.config.corpus)
         return self._corpus_cache
 
+    def settle(self, sig: str, *, status: str, case: str, pattern: str, target: str) -> None:
+        known = self.known.setdefault(sig, Known(sig, status, case, pattern))
+        if target not in known.targets:
+            known.targets.append(target)
+
     def record(self, prop: str, stratum: str, sample: Sample, verdict: Verdict,
-               under_test: list[str]) -> None:
+               under_test: list[str], *, seen_again: bool = False) -> None:
         row = self.rows.setdefault(
             (prop, stratum),
             {"examples": 0, "failures": 0, "first_failure": None, "worst": None,
-             "under_test": under_test, "shrink_calls": 0},
+             "under_test": under_test, "shrink_calls": 0, "seen_again": 0},
         )
-        if row["first_failure"] is not None:
+        if seen_again:
+            row["examples"] += 1
+            row["seen_again"] += 1
+        elif row["first_failure"] is not None:
             row["shrink_calls"] += 1  # after the first failure, Hypothesis is shrinking it
         else:
             row["examples"] += 1
@@ -278,6 +297,7 @@ class FuzzRecorder:
             "unsaved_errors": self.unsaved_errors,
             "header": self.header,
             "notes": self.notes,
+            "known": [dataclasses.asdict(k) for k in self.known.values()],
         }
 
     def merge(self, data: dict) -> None:
@@ -293,6 +313,7 @@ class FuzzRecorder:
             row["examples"] += item["examples"]
             row["failures"] += item["failures"]
             row["shrink_calls"] += item["shrink_calls"]
+            row["seen_again"] += item["seen_again"]
             firsts = [x for x in (row["first_failure"], item["first_failure"]) if x is not None]
             row["first_failure"] = min(firsts) if firsts else None
             if worst.margin < row["worst"].margin:
@@ -301,6 +322,11 @@ class FuzzRecorder:
         self.saved += [Path(p) for p in data["saved"]]
         self.unsaved_errors += data["unsaved_errors"]
         self.header = self.header or data["header"]
+        for item in data["known"]:
+            mine = self.known.setdefault(item["signature"], Known(**{**item, "targets": [],
+                                                                      "seen_again": 0}))
+            mine.seen_again += item["seen_again"]
+            mine.targets += [t for t in item["targets"] if t not in mine.targets]
         self.notes += [n for n in data["notes"] if n not in self.notes]
 
     def describe_harness(self) -> None:
@@ -330,6 +356,7 @@ class FuzzRecorder:
                     "failures": row["failures"],
                     "first_failure": row["first_failure"],
                     "shrink_calls": row["shrink_calls"],
+                    "seen_again": row["seen_again"],
                     "metric": worst.metric,
                     "value": _json_float(worst.value),
                     "threshold": _json_float(worst.threshold),
@@ -340,7 +367,8 @@ class FuzzRecorder:
                 }
             )
         return {"profile": self.profile, "rows": rows, "saved": [str(p) for p in self.saved],
-                "reach": self.reach.as_dict()}
+                "reach": self.reach.as_dict(),
+                "failures": [dataclasses.asdict(k) for k in self.known.values()]}
 
 
 class Reach:
@@ -425,6 +453,13 @@ def check_and_record(
             violations=[line.rstrip() for line in traceback.format_exception_only(exc)],
             notes=["traceback:\n" + "".join(traceback.format_exception(exc)).rstrip()],
         )
+    target_name = f"{prop}[{stratum}]"
+    sig = None if verdict.ok else signature(verdict, harness.layers)
+    if sig in recorder.known:
+        # A bug this run already knows: counted, not shrunk again; fuzzing goes on.
+        recorder.known[sig].hit(target_name)
+        recorder.record(prop, stratum, sample, verdict, harness.under_test(prop), seen_again=True)
+        return verdict
     recorder.record(prop, stratum, sample, verdict, harness.under_test(prop))
     if math.isfinite(verdict.margin):
         target(max(-verdict.margin, -1e6), label=f"{prop} margin")
@@ -432,11 +467,27 @@ def check_and_record(
         return verdict
     message = verdict.message()
     if not final:
-        recorder.unsaved = (harness, prop, sample, verdict)
+        recorder.unsaved = (harness, prop, sample, verdict, target_name)
     else:
         recorder.unsaved = None
-        message += "\n" + _save(harness, prop, sample, verdict, recorder)
+        message += "\n" + _save(harness, prop, sample, verdict, recorder, target_name)
     raise AssertionError(message)
+
+
+def replay_open_case(harness: Harness, recorder: FuzzRecorder, path: Path, case: Case,
+                     target_name: str) -> None:
+    """An open corpus case, before its target fuzzes: still failing, its signature is
+    known (fuzzing goes on past it); passing, the summary says to mark it fixed."""
+    try:
+        verdict = harness.check(case.property, case.sequences, case.extra)
+    except Exception as exc:  # a case that cannot run must not stop the fuzzing
+        recorder.notes.append(f"open case {path} could not run: {type(exc).__name__}: {exc}")
+        return
+    if verdict.ok:
+        recorder.notes.append(f"open case {path} now passes: mark it fixed")
+        return
+    recorder.settle(signature(verdict, harness.layers), status="still open", case=str(path),
+                    pattern=verdict.layer_pattern(), target=target_name)
 
 
 @pytest.fixture(scope="session")
@@ -455,8 +506,10 @@ def esm_harness(esm_config: Config) -> Harness:
 def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
     """Fuzz one property of :mod:`esmfuzz.registry` in one stratum (None: all lengths).
 
-    Corpus cases of the same property run first, as explicit examples, in the target of
-    their length stratum; the strategy's examples follow under the loaded profile.
+    Corpus cases of the same property run first, in the target of their length stratum:
+    ``fixed`` ones as explicit examples (a regression fails the target), open ones as
+    known bugs (:func:`replay_open_case`); the strategy's examples follow under the
+    loaded profile.
     """
     recorder = request.config.stash[_RECORDER]
 
@@ -474,9 +527,13 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
 
         test = given(sample=entry.samples(esm_harness.config, stratum))(body)
         cases, _ = recorder.corpus()
-        for _, case in cases:
-            if case.property == prop and _replays_in(case, entry.strata, stratum):
+        for path, case in cases:
+            if case.property != prop or not _replays_in(case, entry.strata, stratum):
+                continue
+            if case.status == "fixed":  # a regression fails the target at once
                 test = example(sample=Sample.from_extra(case.sequences, case.extra))(test)
+            else:
+                replay_open_case(esm_harness, recorder, path, case, f"{prop}[{stratum or 'mixed'}]")
         test.hypothesis.inner_test._hypothesis_internal_add_digest = (
             f"{request.node.nodeid}".encode()
         )
@@ -543,14 +600,15 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     recorder = item.config.stash.get(_RECORDER, None)
     if recorder is None or report.when != "call" or recorder.unsaved is None:
         return
-    harness, prop, sample, verdict = recorder.unsaved
+    harness, prop, sample, verdict, target_name = recorder.unsaved
     recorder.unsaved = None
     if report.failed:
         verdict.notes.append(
             "saved unshrunk: the failure did not reproduce on the final run (the implementation "
             "under test is not deterministic)"
         )
-        saved = _save(harness, prop, sample, verdict, recorder)
+        saved = _save(harness, prop, sample, verdict, recorder, target_name,
+                      status="new, unshrunk")
         report.sections.append(("esmfuzz", f"unreproducible failure; {saved}"))
 
 
@@ -600,6 +658,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         tr.write_line(f"{prop:<20}{stratum:<11}{row['examples']:>9}{row['failures']:>6}  "
                       f"{detail:<58}{tested}")
     tr.write_line(recorder.reach.describe())
+    if recorder.known:
+        tr.write_line(f"distinct failures: {len(recorder.known)}", red=True)
+        for known in recorder.known.values():
+            again = f"; seen again {known.seen_again} times" if known.seen_again else ""
+            tr.write_line(
+                f"  [{known.status}] {known.signature}: {known.pattern}; targets "
+                f"{', '.join(known.targets)}{again}; case {known.case or '-'}",
+                red=known.status == "new",
+                yellow=known.status != "new",
+            )
     if unexercised and len(unexercised) < len(recorder.rows):
         tr.write_line(
             f"{len(recorder.rows) - len(unexercised)} of {len(recorder.rows)} targets called "

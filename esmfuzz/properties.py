@@ -170,6 +170,37 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     path: str = ""
     """Which output the worst check looked at, e.g. ``packed float16``."""
+    layers: dict = field(default_factory=dict)
+    """Per layer checked, its worst check: ``{layer: [margin, metric, value]}``."""
+
+    def layer_values(self) -> str:
+        """``layer metric=value`` for each layer, worst check first."""
+        return ", ".join(
+            f"{k} {metric}={value:.3g}{'' if margin >= 0 else ' FAIL'}"
+            for k, (margin, metric, value) in sorted(self.layers.items(), key=lambda x: int(x[0]))
+        )
+
+    def failing_layers(self) -> list[int]:
+        return sorted(int(k) for k, (margin, *_) in self.layers.items() if not margin >= 0)
+
+    def layer_pattern(self) -> str:
+        """Which layers fail, compactly: the pattern tells bugs apart (every layer but the
+        last: layer indexing off by one; from layer 1 on: a leak; every layer by one
+        factor: a missing rescale)."""
+        checked = sorted(int(k) for k in self.layers)
+        bad = self.failing_layers()
+        if not bad:
+            return "no layer fails" if checked else ""
+        span = f"{checked[0]}-{checked[-1]}" if len(checked) > 1 else str(checked[0])
+        if bad == checked:
+            which = "every layer"
+        elif bad == checked[:-1]:
+            which = "every layer but the last"
+        elif bad == checked[checked.index(bad[0]):]:
+            which = f"layers {bad[0]} on"
+        else:
+            which = "layers " + ",".join(map(str, bad))
+        return f"{which} of {span} (first {bad[0]}, last {bad[-1]})"
 
     def message(self) -> str:
         head = f"property {self.property!r} "
@@ -185,6 +216,8 @@ class Verdict:
         ]
         if self.first_layer is not None:
             lines.append(f"first diverging layer: {self.first_layer}")
+        if self.layers:
+            lines.append(f"failing: {self.layer_pattern()}; by layer: {self.layer_values()}")
         lines += [f"  - {v}" for v in self.violations[:8]]
         if len(self.violations) > 8:
             lines.append(f"  ... and {len(self.violations) - 8} more")
@@ -223,6 +256,8 @@ class _Checks:
             v.margin, v.metric, v.value, v.threshold = slack, metric, value, threshold
             v.worst = {"layer": layer, "sequence": sequence, "token": token}
             v.path = label.rstrip(": ")
+        if layer is not None and (layer not in v.layers or not slack >= v.layers[layer][0]):
+            v.layers[layer] = [slack, metric, value]
         v.metrics[metric] = (
             value
             if metric not in v.metrics

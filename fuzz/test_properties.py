@@ -3,7 +3,8 @@
 Each target names a property of :mod:`esmfuzz.registry` and a stratum; the ``esm_fuzz``
 fixture draws samples from the property's strategy, checks them through the session's
 harness, reports the margin to ``hypothesis.target``, saves the shrunk failure to the
-corpus, and runs the corpus cases of the same property first. The sharpest oracle
+corpus (once per distinct signature: a bug already known is counted as seen again), and
+checks the corpus cases of the same property first. The sharpest oracle
 (``error_ratio``) comes first, so ``-x`` stops at the most telling failure.
 """
 

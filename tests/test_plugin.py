@@ -53,16 +53,28 @@ def _workdir(tmp_path_factory, name: str) -> Path:
     return root
 
 
-def fuzz(root: Path, env, select: str, *options: str) -> subprocess.CompletedProcess:
-    """One pytest run of the fuzz targets matching ``select``; stdout and stderr merged."""
+def fuzz(root: Path, env, select: str, *options: str, wait: bool = True):
+    """One pytest run of the fuzz targets matching ``select``; stdout and stderr merged.
+
+    With ``wait=False``, the started process: :func:`finish` collects it."""
     command = [
         sys.executable, "-m", "pytest", str(TARGETS), "-k", select,
         "--rootdir", str(root), "-p", "no:cacheprovider",
         "--esm-profile", "ci", "--esm-device", "cpu", "--esm-corpus", str(root / "corpus"),
         *options,
     ]
-    return subprocess.run(command, cwd=root, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=300)
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    return finish(process) if wait else process
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out)
 
 
 def corpus_files(root: Path) -> list[Path]:
@@ -147,13 +159,31 @@ def test_leak_is_shrunk_into_one_small_corpus_case(leaky_runs):
     assert case["metrics"]["error_ratio"] > 100
 
 
-def test_second_run_replays_the_case_and_writes_no_second_file(leaky_runs):
-    _, _, after_first, second, after_second = leaky_runs
-    assert second.returncode == 1, second.stdout
-    assert after_second == after_first
-    assert f"corpus case: {after_first[0]} (already in the corpus)" in second.stdout
-    assert "Failing explicit example" in second.stdout  # the corpus case ran first
-    assert "saved corpus case" not in second.stdout
+def test_second_run_knows_the_open_case_and_fuzzes_on(leaky_runs):
+    """The open case still fails: its bug is reported as still open, and the same bug found
+    again is counted, not shrunk and saved again. Fuzzing past it finds the leak's second
+    symptom: a sequence with <mask> after the first sees the <mask> ratio of a span one
+    token longer, so even the embedding (layer 0) differs: a new signature, a new case."""
+    _, first, after_first, second, after_second = leaky_runs
+    out = second.stdout
+    [sig] = [line.split("signature: ", 1)[1].strip() for line in first.stdout.splitlines()
+             if "signature: " in line][:1]
+    assert f"[still open] {sig}:" in out, out
+    assert "seen again" in out and str(after_first[0]) in out
+    assert f"corpus case: {after_first[0]}" not in out  # not shrunk and saved again
+    new = [path for path in after_second if path not in after_first]
+    assert len(new) == len(after_second) - 1 == 1, after_second
+    assert "[new] error_ratio: error_ratio in the packed output, failing layers 0,1,3,6" in out
+    assert second.returncode == pytest.ExitCode.TESTS_FAILED
+    case = json.loads(new[0].read_text())
+    assert any("<mask>" in s for s in case["sequences"]), case["sequences"]
+
+
+def test_a_known_bug_is_reported_once(leaky_runs):
+    _, first, _, _, _ = leaky_runs
+    assert "distinct failures: 1" in first.stdout
+    assert "failing layers 1,3,6" in first.stdout  # the leak leaves the embedding alone
+    assert "failing: layers 1 on of 0-6 (first 1, last 6)" in first.stdout
 
 
 # --- esmfuzz replay -------------------------------------------------------------------
@@ -161,9 +191,10 @@ def test_second_run_replays_the_case_and_writes_no_second_file(leaky_runs):
 
 @pytest.fixture
 def corpus_copy(leaky_runs, tmp_path, monkeypatch, esm_cache) -> Path:
-    root = leaky_runs[0]
+    first_case = leaky_runs[2][0]
     copy = tmp_path / "corpus"
-    shutil.copytree(root / "corpus", copy)
+    (copy / first_case.parent.name).mkdir(parents=True)
+    shutil.copy(first_case, copy / first_case.parent.name / first_case.name)
     monkeypatch.setenv("ESMFUZZ_CACHE", esm_cache)
     return copy
 
@@ -323,16 +354,26 @@ BROKEN = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(BROKEN))
-def broken_run(request, tmp_path_factory, run_env):
-    root = _workdir(tmp_path_factory, request.param)
-    impl = f"tests.impls.broken:{request.param}"
-    # Every call of the hanging forward costs the whole limit, shrinking included: keep it
-    # short (the others run unbounded, so that a slow machine cannot make them time out).
-    limit = ("--esm-timeout", "0.1") if request.param == "hangs" else ()
-    done = fuzz(root, run_env, ERROR_RATIO_SHORT, "--esm-packed-impl", impl, *limit,
-                "--esm-report", str(root / "report.json"))
-    return request.param, root, done
+@pytest.fixture(scope="module")
+def broken_runs(tmp_path_factory, run_env) -> dict:
+    """Each broken implementation fuzzed once; the runs go side by side, one thread each
+    (each one mostly shrinks a failure that every example has)."""
+    env = {**run_env, "OMP_NUM_THREADS": "1"}
+    started = {}
+    for name in sorted(BROKEN):
+        root = _workdir(tmp_path_factory, name)
+        # Every call of the hanging forward costs the whole limit, shrinking included: keep
+        # it short (the others run unbounded: a slow machine cannot make them time out).
+        limit = ("--esm-timeout", "0.1") if name == "hangs" else ()
+        started[name] = root, fuzz(root, env, ERROR_RATIO_SHORT, "--esm-packed-impl",
+                                   f"tests.impls.broken:{name}", *limit, "--esm-report",
+                                   str(root / "report.json"), wait=False)
+    return {name: (root, finish(process)) for name, (root, process) in started.items()}
+
+
+@pytest.fixture(params=sorted(BROKEN))
+def broken_run(request, broken_runs):
+    return (request.param, *broken_runs[request.param])
 
 
 def test_broken_implementation_is_a_named_finding(broken_run):
@@ -377,3 +418,14 @@ def test_xdist_workers_report_into_one_summary(tmp_path_factory, run_env):
     assert sorted(r["property"] for r in report["rows"]) == ["error_ratio", "finite", "isolation"]
     assert len(report["saved"]) == 3 == len(corpus_files(root))
     assert out.count("saved corpus case:") == 3
+
+
+def test_show_prints_the_full_per_layer_picture(corpus_copy, capsys):
+    [(path, _)], _ = load_corpus(corpus_copy)
+    assert cli.main(["show", str(path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "signature  error_ratio: error_ratio in the packed output, failing layers 1,3,6" in out
+    assert "layers     layers 1 on of 0-6 (first 1, last 6)" in out
+    table = [line.split() for line in out.splitlines() if line[:6].strip().isdigit()]
+    assert [row[0] for row in table] == [str(i) for i in range(7)]
+    assert table[0][-1] == "ok" and all(row[-1] == "FAIL" for row in table[1:])

@@ -1,0 +1,57 @@
+"""One bug, reported once: the signature of a failure, and the bugs a run already knows.
+
+A deterministic bug fails every target and stratum that reaches it; shrinking each of
+those failures costs minutes and says nothing new. A failure whose signature is already
+known (saved earlier in the run, or an open corpus case that still fails) is counted as
+"seen again" instead, and fuzzing goes on looking for a new one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from esmfuzz.properties import Verdict
+
+__all__ = ["Known", "signature"]
+
+_KINDS = ("exception", "timeout", "malformed_output", "mutated_input")
+
+
+def signature(verdict: Verdict, checked: Sequence[int]) -> str:
+    """What tells one bug from another: the property, the kind of divergence, the output
+    it shows in (packed or padded), and which of the ``checked`` layers fail.
+
+    Only the layers every example checks count, so that a failure found while fuzzing
+    and its shrunk, explained case (every layer) have the same signature.
+    """
+    if verdict.metric in _KINDS:
+        kind = verdict.metric
+    elif not math.isfinite(verdict.value):
+        kind = f"non-finite {verdict.metric}"
+    else:
+        kind = verdict.metric
+    where = verdict.path.split()[0] if verdict.path else ""
+    wanted = set(checked)
+    failing = [layer for layer in verdict.failing_layers() if layer in wanted]
+    text = f"{verdict.property}: {kind}" + (f" in the {where} output" if where else "")
+    return text + (f", failing layers {','.join(map(str, failing))}" if failing else "")
+
+
+@dataclass
+class Known:
+    """One distinct failure of a run: where it was first settled and every target that hit it."""
+
+    signature: str
+    status: str
+    """``new`` (found and saved in this run) or ``still open`` (an open corpus case)."""
+    case: str = ""
+    pattern: str = ""
+    targets: list[str] = field(default_factory=list)
+    seen_again: int = 0
+
+    def hit(self, target: str) -> None:
+        self.seen_again += 1
+        if target not in self.targets:
+            self.targets.append(target)
