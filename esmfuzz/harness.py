@@ -71,6 +71,11 @@ class Config:
     """Dtype paths the implementations under test are checked on: ``both`` (candidate dtype
     and FP32), ``candidate`` (candidate dtype only, for FP16/BF16-only kernels), or ``auto``
     (both, dropping FP32 with a note where the implementation refuses it with a TypeError)."""
+    masks: bool = True
+    """Whether generated sequences hold ``<mask>`` (false for pipelines that never see it,
+    such as translated reads)."""
+    residues: str = "all"
+    """``all`` residues, or ``standard`` (the 20 amino acids: no X B Z U O)."""
     timeout: float = 0.0
     """Seconds one call of an implementation under test may take (0: no limit); a call over
     the limit is a finding."""
@@ -96,6 +101,12 @@ class Config:
                 if clean[name] < least and not (zero_is_default and clean[name] == 0):
                     raise ValueError(f"{source}: {option}={value!r} must be at least {least} "
                                      f"({why})")
+            elif name == "masks":
+                if isinstance(value, str) and value.lower() in ("true", "false"):
+                    value = value.lower() == "true"
+                if not isinstance(value, bool):
+                    raise ValueError(f"{source}: masks={value!r} must be true or false")
+                clean[name] = value
             elif name == "timeout":
                 try:
                     clean[name] = float(value)
@@ -115,6 +126,8 @@ class Config:
         parse_dtype(
             config.oracle_dtype, option=f"{source} oracle-dtype", allowed=("float64", "float32")
         )
+        if config.residues not in ("all", "standard"):
+            raise ValueError(f"{source}: residues={config.residues!r} is not one of all, standard")
         if config.paths not in PATHS:
             raise ValueError(
                 f"{source}: paths={config.paths!r} is not one of {', '.join(PATHS)}"

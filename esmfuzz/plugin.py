@@ -49,6 +49,8 @@ _OPTIONS = {
     "on the CPU, else 16384)",
     "crowd-sequences": "most sequences in a crowded pack (default 128 for ci on the CPU, "
     "else 256)",
+    "residues": "all (the 20 amino acids, X B Z U O) or standard (the 20 only), for pipelines "
+    "that never see rare residues",
     "timeout": "seconds one call of an implementation under test may take; a call over the "
     "limit is a finding, saved, and the run goes on (default 0: no limit)",
     "paths": "dtype paths the implementations are checked on: auto, both (candidate dtype and "
@@ -95,6 +97,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="override one threshold, e.g. token_cosine=0.9",
     )
     group.addoption(
+        "--esm-no-mask",
+        dest="esm_no_mask",
+        action="store_true",
+        default=False,
+        help="generate no <mask> tokens (pipelines that never see them; [tool.esmfuzz] masks)",
+    )
+    group.addoption(
         "--esm-report",
         dest="esm_report",
         default=None,
@@ -135,6 +144,8 @@ def _config_from(pytest_config: pytest.Config, profile: str) -> Config:
         value = pytest_config.getoption(f"esm_{name.replace('-', '_')}")
         if value is not None:
             given[name] = value
+    if pytest_config.getoption("esm_no_mask"):
+        given["masks"] = False
     overrides = {}
     for item in pytest_config.getoption("esm_threshold"):
         key, sep, value = item.partition("=")

@@ -141,8 +141,15 @@ def _layouts(config, stratum, **options):
     if stratum == CROWDED:
         return _crowded(config)
     if stratum is None:
-        return packing_layouts(**options)
-    return stratified_layouts(stratum, max_tokens=config.pack_tokens, **options)
+        return packing_layouts(**_residues(config), **options)
+    return stratified_layouts(stratum, max_tokens=config.pack_tokens, **_residues(config),
+                              **options)
+
+
+def _residues(config) -> dict[str, bool]:
+    """What the sequences may hold: ``<mask>`` and the rare residues X B Z U O, unless the
+    pipeline under test never sees them (``masks = false``, ``residues = "standard"``)."""
+    return {"masks": config.masks, "rare": config.residues == "all"}
 
 
 def _crowded(config):
@@ -150,7 +157,7 @@ def _crowded(config):
     from strategies import crowded_layouts
 
     most, tokens = crowd_limits(config, profile="dev")
-    return crowded_layouts(max_sequences=most, max_tokens=tokens)
+    return crowded_layouts(max_sequences=most, max_tokens=tokens, **_residues(config))
 
 
 def _plain(config, stratum, **options):
@@ -161,9 +168,10 @@ def _pairs(config, stratum):
     from strategies import metamorphic_pairs
 
     if stratum == CROWDED:
-        pairs = metamorphic_pairs(layouts=_crowded(config))
+        pairs = metamorphic_pairs(layouts=_crowded(config), **_residues(config))
     else:
-        pairs = metamorphic_pairs(max_sequences=6, max_tokens=config.pack_tokens)
+        pairs = metamorphic_pairs(max_sequences=6, max_tokens=config.pack_tokens,
+                                  **_residues(config))
     return pairs.map(lambda p: Sample(p[0], p[1], p[2], p[3]))
 
 
@@ -175,7 +183,9 @@ def _shortest_among_longer(config, stratum):
         lengths = [residue_count(s) for s in layout]
         return Sample(layout, lengths.index(min(lengths)))
 
-    return packing_layouts(min_sequences=2, max_sequences=6, max_tokens=2048).map(sample)
+    return packing_layouts(
+        min_sequences=2, max_sequences=6, max_tokens=2048, **_residues(config)
+    ).map(sample)
 
 
 def _entries() -> tuple[Property, ...]:

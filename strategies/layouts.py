@@ -332,7 +332,12 @@ def _check_layout(layout: object, target: object) -> list[str]:
 
 @_lazy
 def metamorphic_variants(
-    layout: Sequence[str], target: int, *, sequences: SearchStrategy[str] | None = None
+    layout: Sequence[str],
+    target: int,
+    *,
+    sequences: SearchStrategy[str] | None = None,
+    masks: bool = True,
+    rare: bool = True,
 ) -> SearchStrategy[tuple[list[str], int]]:
     """Pairs ``(variant, index)``: ``layout`` with the target's neighbours replaced or reordered.
 
@@ -340,13 +345,16 @@ def metamorphic_variants(
     packing boundary. ``variant[index] == layout[target]``, and no neighbour equals
     the target, because attending to an identical copy cannot show a leak. A
     replacement never has more residues than the neighbour it replaces, so the
-    token budget never grows; with ``sequences`` given, its draws are cut to fit.
-    With two or more sequences the variant always differs from ``layout``.
+    token budget never grows; with ``sequences`` given, its draws are cut to fit
+    (otherwise ``masks``/``rare`` say whether replacements hold ``<mask>`` and rare
+    residues). With two or more sequences the variant always differs from ``layout``.
     Examples shrink towards the original order with the next neighbour replaced
     by a single 'L' (or 'A' or 'G', whichever differs from target and original).
     """
     layout = _check_layout(layout, target)
     _check_strategy("sequences", sequences)
+    _check_bool("masks", masks)
+    _check_bool("rare", rare)
     centre = layout[target]
     if len(layout) == 1:
         return st.just((layout, 0))
@@ -354,7 +362,7 @@ def metamorphic_variants(
     def replacement(draw: st.DrawFn, old: str) -> str:
         size = residue_count(old)
         if sequences is None:
-            new = draw(_sequences(1, size))
+            new = draw(_sequences(1, size, masks=masks, rare=rare))
         else:
             new = "".join(split_residues(draw(sequences))[:size]) or "L"
         return _differ(new, centre)
@@ -387,21 +395,30 @@ def metamorphic_pairs(
     max_sequences: int = 8,
     max_tokens: int = 2048,
     layouts: SearchStrategy[list[str]] | None = None,
+    masks: bool = True,
+    rare: bool = True,
 ) -> SearchStrategy[tuple[list[str], int, list[str], int]]:
     """Tuples ``(layout, target, variant, variant_target)`` for packing-leak tests.
 
     The layout comes from :func:`packing_layouts`, or from ``layouts`` (for example
     :func:`crowded_layouts`; its layouts of fewer than ``min_sequences`` sequences
     are skipped), with any neighbour equal to the target changed in its first
-    residue; the variant comes from :func:`metamorphic_variants`. Examples shrink
+    residue; the variant comes from :func:`metamorphic_variants`. ``masks``/``rare``
+    say whether the drawn sequences hold ``<mask>`` and rare residues. Examples shrink
     towards two one-residue sequences, the target first, and a variant that replaces
     the other one.
     """
     _check_counts(min_sequences, max_sequences, max_tokens, fewest=2)
     _check_strategy("layouts", layouts)
+    _check_bool("masks", masks)
+    _check_bool("rare", rare)
     if layouts is None:
         layouts = packing_layouts(
-            min_sequences=min_sequences, max_sequences=max_sequences, max_tokens=max_tokens
+            min_sequences=min_sequences,
+            max_sequences=max_sequences,
+            max_tokens=max_tokens,
+            masks=masks,
+            rare=rare,
         )
     else:
         layouts = layouts.filter(lambda layout: len(layout) >= min_sequences)
@@ -411,7 +428,7 @@ def metamorphic_pairs(
         layout = draw(layouts)
         target = draw(st.integers(0, len(layout) - 1))
         layout = [s if i == target else _differ(s, layout[target]) for i, s in enumerate(layout)]
-        variant, moved = draw(metamorphic_variants(layout, target))
+        variant, moved = draw(metamorphic_variants(layout, target, masks=masks, rare=rare))
         return layout, target, variant, moved
 
     return build()
@@ -419,15 +436,20 @@ def metamorphic_pairs(
 
 @_lazy
 def stratified_layouts(
-    stratum: str, *, max_sequences: int = 8, max_tokens: int = 4096
+    stratum: str,
+    *,
+    max_sequences: int = 8,
+    max_tokens: int = 4096,
+    masks: bool = True,
+    rare: bool = True,
 ) -> SearchStrategy[list[str]]:
     """Layouts whose longest sequence lies in one length stratum.
 
     Errors grow with sequence length (rounding of rotary angles, longer softmax
     sums), so fuzz targets run per stratum: one sequence of the stratum placed
-    anywhere among shorter packing neighbours from :func:`packing_layouts`.
-    Examples shrink towards that one sequence alone, at the stratum's shortest
-    length.
+    anywhere among shorter packing neighbours from :func:`packing_layouts`;
+    ``masks``/``rare`` as there. Examples shrink towards that one sequence alone, at
+    the stratum's shortest length.
     """
     from strategies.sequences import LENGTH_STRATA, protein_sequences
 
@@ -435,8 +457,10 @@ def stratified_layouts(
         raise InvalidArgument(f"stratum={stratum!r} must be one of {sorted(LENGTH_STRATA)}")
     _check_int("max_sequences", max_sequences, at_least=1)
     _check_int("max_tokens", max_tokens, at_least=_MAX_TOKENS_PER_SEQUENCE + 3)
+    _check_bool("masks", masks)
+    _check_bool("rare", rare)
     longest = LENGTH_STRATA[stratum][1]
-    anchors = protein_sequences(stratum=stratum)
+    anchors = protein_sequences(stratum=stratum, masks=masks, rare=rare)
 
     @st.composite
     def build(draw: st.DrawFn) -> list[str]:
@@ -446,7 +470,10 @@ def stratified_layouts(
         if max_sequences > 1 and room >= 3:
             drawn = draw(
                 st.one_of(
-                    st.just([]), packing_layouts(max_sequences=max_sequences - 1, max_tokens=room)
+                    st.just([]),
+                    packing_layouts(
+                        max_sequences=max_sequences - 1, max_tokens=room, masks=masks, rare=rare
+                    ),
                 )
             )
             others = [s for s in drawn if residue_count(s) <= longest]

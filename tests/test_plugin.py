@@ -429,3 +429,15 @@ def test_show_prints_the_full_per_layer_picture(corpus_copy, capsys):
     table = [line.split() for line in out.splitlines() if line[:6].strip().isdigit()]
     assert [row[0] for row in table] == [str(i) for i in range(7)]
     assert table[0][-1] == "ok" and all(row[-1] == "FAIL" for row in table[1:])
+
+
+def test_no_mask_and_standard_residues_switches(tmp_path_factory, run_env):
+    """For pipelines that never see <mask> or rare residues: none is generated."""
+    root = _workdir(tmp_path_factory, "standard")
+    done = fuzz(root, run_env, "(test_finite and medium) or (test_isolation and mixed)",
+                "--esm-no-mask", "--esm-residues", "standard",
+                "--esm-report", str(root / "report.json"))
+    assert done.returncode == 0, done.stdout
+    reach = json.loads((root / "report.json").read_text())["reach"]
+    assert reach["rare_residues_seen"] == [] and reach["layouts_with_mask"] == 0, reach
+    assert "rare residues seen: none; <mask> in 0 layouts" in done.stdout

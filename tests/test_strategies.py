@@ -31,6 +31,7 @@ from strategies import (
     metamorphic_variants,
     packing_layouts,
     protein_sequences,
+    stratified_layouts,
     stratum_of,
 )
 
@@ -571,3 +572,24 @@ def test_metamorphic_pairs_reject_a_layouts_that_is_no_strategy():
 
     with pytest.raises(InvalidArgument, match="layouts"):
         metamorphic_pairs(layouts=[["A", "C"]]).example()
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        stratified_layouts("long", masks=False, rare=False),
+        stratified_layouts("short", masks=False, rare=False),
+        packing_layouts(masks=False, rare=False),
+        crowded_layouts(max_sequences=32, max_tokens=2048, masks=False, rare=False),
+        metamorphic_pairs(masks=False, rare=False).map(lambda p: p[0] + p[2]),
+    ],
+    ids=["stratified-long", "stratified-short", "packing", "crowded", "pairs"],
+)
+@settings(max_examples=40, derandomize=True, database=None, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_no_masks_and_standard_residues_only(strategy, data):
+    """For pipelines that never see <mask> or rare residues (translated reads)."""
+    layout = data.draw(strategy)
+    residues = {r for s in layout for r in split_residues(s)}
+    assert MASK not in residues and not residues & set(RARE_RESIDUES), layout
