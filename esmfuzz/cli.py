@@ -1,4 +1,4 @@
-"""The ``esmfuzz`` command: ``info``, ``replay`` and ``show``.
+"""The ``esmfuzz`` command: ``info``, ``replay``, ``show`` and ``known``.
 
 A thin layer over :mod:`esmfuzz.harness` and :mod:`esmfuzz.corpus`; nothing
 imports it.
@@ -90,7 +90,7 @@ def cmd_replay(args) -> int:
             continue
         expected = case.status == "fixed"
         if verdict.ok == expected:
-            outcome = "ok" if expected else "still open"
+            outcome = "ok" if expected else "still " + case.status
         else:
             outcome = "REGRESSED" if expected else "NOW PASSES (mark fixed)"
             failed += 1
@@ -134,6 +134,16 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_known(args) -> int:
+    """Accept a divergence: the case is reported as accepted, with its reason, and its
+    signature no longer fails a fuzz target."""
+    from esmfuzz.corpus import set_status
+
+    case = set_status(args.case, "accepted", reason=args.reason)
+    print(f"{args.case}: accepted ({case.reason})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esmfuzz", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,13 +154,17 @@ def main(argv: list[str] | None = None) -> int:
                           "per-layer picture")
     show.add_argument("case", help="path to a corpus case (.json)")
     show.add_argument("--violations", type=int, default=20, help="most violations to list")
+    known = sub.add_parser("known", help="accept a corpus case's divergence, with a reason")
+    known.add_argument("case", help="path to a corpus case (.json)")
+    known.add_argument("--reason", required=True, help="why the divergence is accepted")
     for p in (info, replay, show):
         p.add_argument("--device")
     for key in ("model", "dtype", "backend"):
         info.add_argument(f"--{key}")
     args = parser.parse_args(argv)
     try:
-        return {"info": cmd_info, "replay": cmd_replay, "show": cmd_show}[args.command](args)
+        commands = {"info": cmd_info, "replay": cmd_replay, "show": cmd_show, "known": cmd_known}
+        return commands[args.command](args)
     except (ValueError, RuntimeError) as exc:
         print(f"esmfuzz: error: {exc}", file=sys.stderr)
         return 2

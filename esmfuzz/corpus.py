@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-STATUSES = ("open", "fixed")
+STATUSES = ("open", "fixed", "accepted")
 
 _PROPERTY = re.compile(r"[a-z0-9_]+")
 _IMPLEMENTATION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -80,6 +80,7 @@ _REQUIRED = (
 )
 _OPTIONAL = (
     "id", "cu_seqlens", "metrics", "worst", "extra", "environment", "created", "message",
+    "reason",
 )
 # errno values meaning "this filesystem cannot make hard links" (not "permission denied")
 _NO_LINK_ERRNOS = {
@@ -119,6 +120,8 @@ class Case:
     environment: dict[str, object] = field(default_factory=dict)
     created: str = ""
     message: str = ""
+    reason: str = ""
+    """Why an ``accepted`` divergence is accepted (``esmfuzz known``)."""
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -174,6 +177,7 @@ class Case:
             "environment": json.loads(json.dumps(self.environment)),
             "created": self.created,
             "message": self.message,
+            **({"reason": self.reason} if self.reason else {}),
         }
 
     def to_json(self) -> str:
@@ -354,15 +358,21 @@ def load_corpus(
     return cases, errors
 
 
-def set_status(path: str | os.PathLike[str], status: str) -> Case:
-    """Change the status of the case stored at ``path``, atomically; return the new case."""
+def set_status(path: str | os.PathLike[str], status: str, *, reason: str = "") -> Case:
+    """Change the status of the case stored at ``path``, atomically; return the new case.
+
+    ``accepted`` (a divergence the user accepts: reported, never a failure) needs a
+    ``reason``."""
     if status not in STATUSES:
         raise CorpusError(f"{path}: status: {status!r} is not one of {STATUSES}", path=path)
+    if status == "accepted" and not reason.strip():
+        raise CorpusError(f"{path}: reason: an accepted case needs a reason", path=path)
     path = Path(path)
     case = load_case(path)
-    if case.status == status:
+    reason = reason.strip() if status == "accepted" else ""
+    if (case.status, case.reason) == (status, reason):
         return case
-    updated = dataclasses.replace(case, status=status)
+    updated = dataclasses.replace(case, status=status, reason=reason)
     tmp_name = _write_temp(path.parent, updated.to_json().encode("utf-8"))
     try:
         os.replace(tmp_name, path)
@@ -491,9 +501,12 @@ def _normalise(values: dict[str, object], source: str) -> dict[str, object]:
         except ValueError:
             raise fail("created", f"{created!r} is not an ISO 8601 date-time") from None
 
-    message = values.get("message", "")
-    if not isinstance(message, str):
-        raise fail("message", f"expected a string, got {_type_name(message)}")
+    for name in ("message", "reason"):
+        text = values.get(name, "")
+        if not isinstance(text, str):
+            raise fail(name, f"expected a string, got {_type_name(text)}")
+    if status == "accepted" and not values.get("reason"):
+        raise fail("reason", "an accepted case needs a reason (esmfuzz known CASE --reason ...)")
     return out
 
 

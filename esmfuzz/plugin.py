@@ -487,8 +487,9 @@ def check_and_record(
 
 def replay_open_case(harness: Harness, recorder: FuzzRecorder, path: Path, case: Case,
                      target_name: str) -> None:
-    """An open corpus case, before its target fuzzes: still failing, its signature is
-    known (fuzzing goes on past it); passing, the summary says to mark it fixed."""
+    """An open or accepted corpus case, before its target fuzzes: still failing, its
+    signature is known (fuzzing goes on past it); passing, the summary says to mark it
+    fixed."""
     try:
         verdict = harness.check(case.property, case.sequences, case.extra)
     except Exception as exc:  # a case that cannot run must not stop the fuzzing
@@ -497,7 +498,8 @@ def replay_open_case(harness: Harness, recorder: FuzzRecorder, path: Path, case:
     if verdict.ok:
         recorder.notes.append(f"open case {path} now passes: mark it fixed")
         return
-    recorder.settle(signature(verdict, harness.layers), status="still open", case=str(path),
+    status = f"accepted: {case.reason}" if case.status == "accepted" else "still open"
+    recorder.settle(signature(verdict, harness.layers), status=status, case=str(path),
                     pattern=verdict.layer_pattern(), target=target_name)
 
 

@@ -67,7 +67,7 @@ def test_public_names():
         "load_corpus", "save_case", "set_status",
     ])
     assert SCHEMA_VERSION == 1
-    assert STATUSES == ("open", "fixed")
+    assert STATUSES == ("open", "fixed", "accepted")
 
 
 def test_no_torch_import():
@@ -492,3 +492,15 @@ def test_environment():
     json.dumps(env, allow_nan=False)
     assert environment(device="cpu")["device"] == "cpu"
     make_case(environment=env)  # a valid environment mapping for a case
+
+
+def test_accepted_needs_a_reason_and_keeps_it(tmp_path):
+    path, _ = save_case(make_case(), tmp_path)
+    with pytest.raises(CorpusError, match="needs a reason"):
+        set_status(path, "accepted")
+    accepted = set_status(path, "accepted", reason="our pipeline never sees <mask>")
+    assert load_case(path) == accepted and accepted.reason == "our pipeline never sees <mask>"
+    assert json.loads(path.read_text())["reason"] == "our pipeline never sees <mask>"
+    assert accepted.id == make_case().id  # the reason is not hashed
+    reopened = set_status(path, "open")
+    assert reopened.reason == "" and "reason" not in json.loads(path.read_text())

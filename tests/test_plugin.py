@@ -441,3 +441,14 @@ def test_no_mask_and_standard_residues_switches(tmp_path_factory, run_env):
     reach = json.loads((root / "report.json").read_text())["reach"]
     assert reach["rare_residues_seen"] == [] and reach["layouts_with_mask"] == 0, reach
     assert "rare residues seen: none; <mask> in 0 layouts" in done.stdout
+
+
+def test_known_accepts_a_case_with_its_reason(corpus_copy, capsys):
+    [(path, _)], _ = load_corpus(corpus_copy)
+    assert cli.main(["known", str(path), "--reason", "we never pack"]) == 0
+    assert "accepted (we never pack)" in capsys.readouterr().out
+    code, out = replay(corpus_copy, capsys)
+    assert code == 0, out
+    assert "still accepted" in out and "1 cases, 0 unexpected" in out
+    assert cli.main(["known", str(path), "--reason", " "]) == 2
+    assert "needs a reason" in capsys.readouterr().err
