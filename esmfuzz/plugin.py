@@ -45,10 +45,10 @@ _OPTIONS = {
     "corpus": "corpus directory where shrunk failures are saved and replayed from",
     "pack-tokens": "token budget of a generated pack (default 1536; long packs reveal FP16 "
     "position rounding)",
-    "crowd-tokens": "token budget of a crowded pack, many short proteins (default 6144 for ci "
-    "on the CPU, else 16384)",
-    "crowd-sequences": "most sequences in a crowded pack (default 128 for ci on the CPU, "
-    "else 256)",
+    "crowd-tokens": "token budget of a crowded pack, many short proteins (default 6144 for "
+    "quick and ci on the CPU, else 16384)",
+    "crowd-sequences": "most sequences in a crowded pack (default 128 for quick and ci on the "
+    "CPU, else 256)",
     "residues": "all (the 20 amino acids, X B Z U O) or standard (the 20 only), for pipelines "
     "that never see rare residues",
     "timeout": "seconds one call of an implementation under test may take; a call over the "
