@@ -76,6 +76,9 @@ class Config:
     such as translated reads)."""
     residues: str = "all"
     """``all`` residues, or ``standard`` (the 20 amino acids: no X B Z U O)."""
+    shrink_seconds: float = 0.0
+    """Seconds a target may spend shrinking its failure (0: Hypothesis's own limit); past
+    them the smallest failure so far is saved, with a note that it may not be minimal."""
     timeout: float = 0.0
     """Seconds one call of an implementation under test may take (0: no limit); a call over
     the limit is a finding."""
@@ -107,14 +110,15 @@ class Config:
                 if not isinstance(value, bool):
                     raise ValueError(f"{source}: masks={value!r} must be true or false")
                 clean[name] = value
-            elif name == "timeout":
+            elif name in ("timeout", "shrink_seconds"):
+                option = name.replace("_", "-")
                 try:
                     clean[name] = float(value)
                 except (TypeError, ValueError):
-                    raise ValueError(f"{source}: timeout={value!r} is not a number") from None
+                    raise ValueError(f"{source}: {option}={value!r} is not a number") from None
                 if not (math.isfinite(clean[name]) and clean[name] >= 0):
                     raise ValueError(
-                        f"{source}: timeout={value!r} must be a finite number of seconds, "
+                        f"{source}: {option}={value!r} must be a finite number of seconds, "
                         f"at least 0 (0: no limit)"
                     )
             elif name in known:

@@ -51,6 +51,8 @@ _OPTIONS = {
     "CPU, else 256)",
     "residues": "all (the 20 amino acids, X B Z U O) or standard (the 20 only), for pipelines "
     "that never see rare residues",
+    "shrink-seconds": "seconds a target may spend shrinking its failure; past them the "
+    "smallest failure so far is saved, with a note (default 0: Hypothesis's own limit)",
     "timeout": "seconds one call of an implementation under test may take; a call over the "
     "limit is a finding, saved, and the run goes on (default 0: no limit)",
     "paths": "dtype paths the implementations are checked on: auto, both (candidate dtype and "
@@ -291,7 +293,9 @@ class FuzzRecorder:
             row["failures"] += not verdict.ok
             if not verdict.ok:
                 row["first_failure"] = row["examples"]
-        if row["worst"] is None or verdict.margin < row["worst"].margin:
+                row["failed_at"] = time.monotonic()
+        # A known bug seen again is listed under "distinct failures", not as this row's worst.
+        if row["worst"] is None or (not seen_again and verdict.margin < row["worst"].margin):
             row["worst"] = verdict
         self.reach.add(sample)
 
@@ -445,12 +449,27 @@ def check_and_record(
     *,
     stratum: str | None = None,
 ) -> Verdict:
-    """One fuzz example: check, report to Hypothesis, save the final shrunk failure."""
+    """One fuzz example: check, report to Hypothesis, save the final shrunk failure.
+
+    Returns None for a shrink attempt skipped because the target's shrinking ran past
+    ``shrink_seconds``: Hypothesis sees it pass, so it keeps the smallest failure so far.
+    """
     stratum = stratum or "mixed"
     count = len(sample.sequences)
     event(f"stratum={stratum}")
     event("sequences=" + next(b for n, b in _COUNT_BINS if count <= n))
     final = current_build_context().is_final
+    budget = harness.config.shrink_seconds
+    row = recorder.rows.get((prop, stratum))
+    if (
+        budget
+        and not final
+        and row is not None
+        and row.get("failed_at") is not None
+        and time.monotonic() - row["failed_at"] > budget
+    ):
+        row["shrink_cut"] = True
+        return None
     try:
         verdict = harness.check(prop, sample, explain=final)
     except Exception as exc:  # a crash of the implementation under test is a finding too
@@ -476,6 +495,9 @@ def check_and_record(
         target(max(-verdict.margin, -1e6), label=f"{prop} margin")
     if verdict.ok:
         return verdict
+    if recorder.rows[(prop, stratum)].get("shrink_cut"):
+        verdict.notes.append(f"shrinking stopped after --esm-shrink-seconds "
+                             f"{harness.config.shrink_seconds:g}: this case may not be minimal")
     message = verdict.message()
     if not final:
         recorder.unsaved = (harness, prop, sample, verdict, target_name)
@@ -665,6 +687,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         detail = f"{worst.metric}={worst.value:.4g} vs {worst.threshold:g}" + (
             f" ({where})" if where else ""
         )
+        if row["seen_again"]:
+            detail += f" [+{row['seen_again']} known]"
         tested = "; ".join(row["under_test"]) or "none: esmfuzz defaults only"
         if not row["under_test"]:
             unexercised.append(f"{prop}[{stratum}]")

@@ -452,3 +452,17 @@ def test_known_accepts_a_case_with_its_reason(corpus_copy, capsys):
     assert "still accepted" in out and "1 cases, 0 unexpected" in out
     assert cli.main(["known", str(path), "--reason", " "]) == 2
     assert "needs a reason" in capsys.readouterr().err
+
+
+def test_shrinking_stops_after_its_budget(tmp_path_factory, run_env):
+    """Past --esm-shrink-seconds the smallest failure so far is saved, with a note."""
+    root = _workdir(tmp_path_factory, "shrink-budget")
+    # The medium stratum's first failure is never minimal (that needs 50 residues or more
+    # and a second sequence), so there is shrinking to cut.
+    done = fuzz(root, run_env, "test_error_ratio and medium", "--esm-packed-impl",
+                f"{IMPLS}:leaky_packed", "--esm-shrink-seconds", "0.001")
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
+    note = "shrinking stopped after --esm-shrink-seconds 0.001: this case may not be minimal"
+    assert note in done.stdout, done.stdout[-4000:]
+    [path] = corpus_files(root)
+    assert "may not be minimal" in json.loads(path.read_text())["message"]
