@@ -554,11 +554,11 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
 
         def body(sample):
             try:
-                check_and_record(esm_harness, recorder, prop, sample, stratum=stratum)
+                verdict = check_and_record(esm_harness, recorder, prop, sample, stratum=stratum)
             except AssertionError:
                 progress.example(ok=False)
                 raise
-            progress.example(ok=True)
+            progress.example(ok=True, known=verdict is not None and not verdict.ok)
 
         test = given(sample=entry.samples(esm_harness.config, stratum))(body)
         cases, _ = recorder.corpus()
@@ -595,11 +595,12 @@ class _Progress:
         self.capture = config.pluginmanager.get_plugin("capturemanager")
         self.name, self.every = name, every
         self.start = self.last = time.monotonic()
-        self.examples = self.failing = 0
+        self.examples = self.failing = self.known = 0
 
-    def example(self, *, ok: bool) -> None:
+    def example(self, *, ok: bool, known: bool = False) -> None:
         self.examples += 1
         self.failing += not ok
+        self.known += known
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
@@ -617,7 +618,9 @@ class _Progress:
         with suspended:
             self.tr.write_line(
                 f"esmfuzz: {self.name} {state}: {self.examples} examples run "
-                f"({self.failing} failing, shrinking included), "
+                f"({self.failing} failing, shrinking included"
+                + (f"; {self.known} of a known bug" if self.known else "")
+                + f"), "
                 f"{time.monotonic() - self.start:.0f} s"
             )
 
@@ -687,9 +690,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         detail = f"{worst.metric}={worst.value:.4g} vs {worst.threshold:g}" + (
             f" ({where})" if where else ""
         )
-        if row["seen_again"]:
-            detail += f" [+{row['seen_again']} known]"
         tested = "; ".join(row["under_test"]) or "none: esmfuzz defaults only"
+        if row["seen_again"]:
+            tested += f"  [+{row['seen_again']} failing with a known signature]"
         if not row["under_test"]:
             unexercised.append(f"{prop}[{stratum}]")
         tr.write_line(f"{prop:<20}{stratum:<11}{row['examples']:>9}{row['failures']:>6}  "
