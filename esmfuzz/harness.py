@@ -25,6 +25,7 @@ from esmfuzz.forward import (
     DEFAULT_PADDED,
     ImplementationFailure,
     PackedForward,
+    implementation_name,
     load_implementation,
     oracle_forward,
     packed_forward,
@@ -326,7 +327,7 @@ class Harness:
             try:
                 verdict = entry.run(self, sample, list(layers or self.layers))
             except ImplementationFailure as failure:
-                return _failed(prop, failure)
+                return P.Verdict.failed(prop, failure.metric, str(failure), failure.details)
             if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
                 self._outputs = {}  # the re-run calls the implementation afresh
                 explained = entry.run(self, sample, self.all_layers)
@@ -390,24 +391,8 @@ class Harness:
         )
 
 
-def _failed(prop: str, failure: ImplementationFailure) -> P.Verdict:
-    """The verdict of a forward that failed outright; its traceback goes into the case."""
-    return P.Verdict(
-        prop,
-        ok=False,
-        metric=failure.metric,
-        value=float("nan"),
-        threshold=0.0,
-        margin=float("-inf"),
-        violations=[str(failure)],
-        notes=["traceback:\n" + "".join(failure.details).rstrip()] if failure.details else [],
-    )
-
-
 def _name(impl) -> str:
-    if isinstance(impl, str):
-        return impl
-    return f"{impl.__module__}:{impl.__qualname__}"
+    return impl if isinstance(impl, str) else implementation_name(impl)
 
 
 @functools.cache

@@ -342,7 +342,7 @@ class MemoryEstimate:
 
 def _still_needed(estimate: MemoryEstimate, loaded: set[torch.dtype]) -> MemoryEstimate:
     """``estimate`` less the copies already on the device (another pair's)."""
-    names = {f"{str(t)[6:]}" for t in loaded}
+    names = {str(t)[6:] for t in loaded}
     gone = {k: v for k, v in estimate.parts.items() if k.split()[-1] in names}
     if not gone:
         return estimate

@@ -210,19 +210,20 @@ def _save(harness: Harness, prop: str, sample: Sample, verdict: Verdict,
     """Save the case and settle its signature; what to add to the failure message. A
     failure to save is said, never raised: it must not replace the finding."""
     sig = signature(verdict, harness.layers)
+    case = ""
     try:
         path, created = save_case(harness.case(prop, sample, verdict), harness.config.corpus)
     except (OSError, CorpusError) as exc:
         recorder.unsaved_errors.append(f"{prop}: {exc}")
-        recorder.settle(sig, status=status, case="", pattern=verdict.layer_pattern(),
-                        target=target_name)
-        return f"signature: {sig}\ncould not save: {exc}"
-    if created:
-        recorder.saved.append(path)
-    recorder.settle(sig, status=status, case=str(path), pattern=verdict.layer_pattern(),
+        saved = f"could not save: {exc}"
+    else:
+        if created:
+            recorder.saved.append(path)
+        case = str(path)
+        saved = f"corpus case: {path}{'' if created else ' (already in the corpus)'}"
+    recorder.settle(sig, status=status, case=case, pattern=verdict.layer_pattern(),
                     target=target_name)
-    return (f"signature: {sig}\ncorpus case: {path}"
-            f"{'' if created else ' (already in the corpus)'}")
+    return f"signature: {sig}\n{saved}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -354,7 +355,7 @@ class FuzzRecorder:
                 f"model {pair.spec.text} on {pair.device}; candidate {str(pair.dtype)[6:]}, "
                 f"backend {harness.backend}; {pair.oracle_note}; profile {self.profile}"
             )
-            self.notes = harness.refusal_notes()
+            self.notes += [n for n in harness.refusal_notes() if n not in self.notes]
         except Exception as exc:  # the summary must never hide the test results
             self.header = f"(model pair unavailable: {exc})"
 
@@ -472,16 +473,12 @@ def check_and_record(
         return None
     try:
         verdict = harness.check(prop, sample, explain=final)
-    except Exception as exc:  # a crash of the implementation under test is a finding too
-        verdict = Verdict(
+    except Exception as exc:  # a crash anywhere in the check is a finding too
+        verdict = Verdict.failed(
             prop,
-            ok=False,
-            metric="exception",
-            value=float("nan"),
-            threshold=0.0,
-            margin=float("-inf"),
-            violations=[line.rstrip() for line in traceback.format_exception_only(exc)],
-            notes=["traceback:\n" + "".join(traceback.format_exception(exc)).rstrip()],
+            "exception",
+            "".join(traceback.format_exception_only(exc)).rstrip(),
+            traceback.format_exception(exc),
         )
     target_name = f"{prop}[{stratum}]"
     sig = None if verdict.ok else signature(verdict, harness.layers)
@@ -550,7 +547,8 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
 
     def run(prop: str, stratum: str | None = None) -> None:
         entry = PROPERTIES[prop]
-        progress = _Progress(request.config, f"{prop}[{stratum or 'mixed'}]")
+        name = f"{prop}[{stratum or 'mixed'}]"
+        progress = _Progress(request.config, name)
 
         def body(sample):
             try:
@@ -568,7 +566,7 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
             if case.status == "fixed":  # a regression fails the target at once
                 test = example(sample=Sample.from_extra(case.sequences, case.extra))(test)
             else:
-                replay_open_case(esm_harness, recorder, path, case, f"{prop}[{stratum or 'mixed'}]")
+                replay_open_case(esm_harness, recorder, path, case, name)
         test.hypothesis.inner_test._hypothesis_internal_add_digest = (
             f"{request.node.nodeid}".encode()
         )

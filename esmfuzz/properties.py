@@ -173,6 +173,21 @@ class Verdict:
     layers: dict = field(default_factory=dict)
     """Per layer checked, its worst check: ``{layer: [margin, metric, value]}``."""
 
+    @classmethod
+    def failed(cls, prop: str, metric: str, message: str, details: Sequence[str] = ()) -> Verdict:
+        """The verdict of a computation that failed outright (raised, hung, returned
+        malformed output); ``details``, a traceback, go into the notes and so the case."""
+        return cls(
+            prop,
+            ok=False,
+            metric=metric,
+            value=float("nan"),
+            threshold=0.0,
+            margin=float("-inf"),
+            violations=[message],
+            notes=["traceback:\n" + "".join(details).rstrip()] if details else [],
+        )
+
     def layer_values(self) -> str:
         """``layer metric=value`` for each layer, worst check first."""
         return ", ".join(
@@ -343,7 +358,7 @@ def _noise_bounds(checks: _Checks, metric: str, k: float, items: Iterable[tuple]
         stats.append(metrics.relative_error_tensor(tested, reference))
         stats.extend(metrics.relative_error_tensor(b, reference) for b in baselines)
         plan.append((label, atol, layer, sequence, first, len(stats)))
-    values = torch.stack([t.cpu() for t in stats]).tolist() if stats else []
+    values = torch.stack(stats).tolist() if stats else []
     for label, atol, layer, sequence, first, end in plan:
         observed = values[first]
         pooled = _pooled(values[first + 1 : end])
@@ -417,7 +432,7 @@ def finite(candidates: Mapping[str, Outputs], reference: Outputs) -> Verdict:
         for layer in sorted(ref, key=str)
     ]
     # One read-back for every sequence and layer: hundreds of sequences fill a crowded pack.
-    counts = torch.stack([bad.sum().cpu() for *_, bad in found]).tolist() if found else []
+    counts = torch.stack([bad.sum() for *_, bad in found]).tolist() if found else []
     for (label, s, layer, bad), count in zip(found, counts):
         checks.check(
             "non_finite",
