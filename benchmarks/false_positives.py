@@ -37,6 +37,25 @@ def _seeds(text: str) -> list[int]:
     return list(range(int(low), int(high or low) + 1))
 
 
+def _job(text: str) -> tuple[list[int], list[str]]:
+    """``SEEDS[:PROPERTY,...]`` as (seeds, properties)."""
+    seeds, _, names = text.partition(":")
+    properties = names.split(",") if names and names != "all" else list(PROPERTIES)
+    for name in properties:
+        if name not in PROPERTIES:
+            raise SystemExit(f"--job {text!r}: {name!r} is not one of {', '.join(PROPERTIES)}")
+    return _seeds(seeds), properties
+
+
+def _strata(properties: list[str]) -> list:
+    """The strata of ``properties`` in order of first use: targets that share a stratum's
+    strategy then run one after another, on the same samples (:func:`_groups`)."""
+    strata: list = []
+    for name in properties:
+        strata += [x for x in PROPERTIES[name].strata if x not in strata]
+    return strata
+
+
 def samples_of(entry, config, stratum, *, n: int, at: int) -> list:
     """``n`` samples the target's strategy draws under seed ``at``.
 
@@ -62,47 +81,72 @@ def severity(verdict) -> float:
     return 1.0 - verdict.margin
 
 
-def _rows(args, harnesses, entry, stratum, at, layers) -> list[dict]:
-    """One row per control: its worst verdict over the same samples.
+def _rows(args, harnesses, entries, stratum, at, layers, samples) -> list[dict]:
+    """One row per target and control: its worst verdict over the same samples.
 
-    Each sample is checked against every control and dtype in turn, sharing the forward
-    outputs they have in common (``Harness.check(reuse=)``: the oracle, the baselines, and
-    the FP32 path, whose models the dtypes' pairs share); a row's ``seconds`` are its
-    control's share, so the first control's include the oracle and the baselines.
+    ``entries`` are targets whose strategies drew the same ``samples`` (``error_ratio``,
+    ``finite`` and ``packed_precision`` over one stratum). Each sample is checked against
+    every target, control and dtype in turn, sharing the forward outputs they have in
+    common (``Harness.check(reuse=)``: the oracle, the baselines, the FP32 path, whose
+    models the dtypes' pairs share, and the forwards of the targets before). A row's
+    ``seconds`` are its share, so the first control's include the oracle and the baselines.
     """
-    config = harnesses[0].config
-    samples = samples_of(entry, config, stratum, n=args.examples, at=at)
-    worst = [None] * len(harnesses)
-    failures = [0] * len(harnesses)
-    seconds = [0.0] * len(harnesses)
+    # A control a target never calls gives the same row for every control.
+    calling = {e.name: [h for kind, first, h in harnesses if kind in e.calls or first]
+               for e in entries}
+    worst = {e.name: [None] * len(calling[e.name]) for e in entries}
+    failures = {e.name: [0] * len(calling[e.name]) for e in entries}
+    seconds = {e.name: [0.0] * len(calling[e.name]) for e in entries}
     for sample in samples:
         reuse: dict = {}
-        for i, harness in enumerate(harnesses):
-            start = time.perf_counter()
-            verdict = harness.check(entry.name, sample, layers=layers(harness), reuse=reuse)
-            seconds[i] += time.perf_counter() - start
-            failures[i] += not verdict.ok
-            if worst[i] is None or severity(verdict) > severity(worst[i]):
-                worst[i] = verdict
+        for entry in entries:
+            name = entry.name
+            for i, harness in enumerate(calling[name]):
+                start = time.perf_counter()
+                verdict = harness.check(name, sample, layers=layers(harness), reuse=reuse)
+                seconds[name][i] += time.perf_counter() - start
+                failures[name][i] += not verdict.ok
+                if worst[name][i] is None or severity(verdict) > severity(worst[name][i]):
+                    worst[name][i] = verdict
     rows = []
-    for harness, bad, verdict, spent in zip(harnesses, failures, worst, seconds):
-        if bad:
-            print(verdict.message(), file=sys.stderr, flush=True)
-        config = harness.config
-        tested = harness.under_test(entry.name)
-        rows.append({
-            "model": config.model, "device": config.device, "dtype": config.dtype,
-            "control": tested[0].split()[-1] if tested else config.packed_impl,
-            "seed": at, "property": entry.name,
-            "stratum": stratum or "mixed", "examples": len(samples), "failures": bad,
-            "metric": verdict.metric, "value": verdict.value, "bound": verdict.threshold,
-            "severity": severity(verdict), "path": verdict.path,
-            "layer": verdict.worst.get("layer"),
-            "max_tokens": max(sum(residue_count(s) + 2 for s in x.sequences) for x in samples),
-            "max_sequences": max(len(x.sequences) for x in samples),
-            "seconds": round(spent, 2),
-        })
+    for entry in entries:
+        name = entry.name
+        for harness, bad, verdict, spent in zip(
+            calling[name], failures[name], worst[name], seconds[name]
+        ):
+            if bad:
+                print(verdict.message(), file=sys.stderr, flush=True)
+            config = harness.config
+            tested = harness.under_test(name)
+            rows.append({
+                "model": config.model, "device": config.device, "dtype": config.dtype,
+                "oracle": str(harness.pair.oracle_dtype)[6:],
+                "control": tested[0].split()[-1] if tested else config.packed_impl,
+                "seed": at, "property": name,
+                "stratum": stratum or "mixed", "examples": len(samples), "failures": bad,
+                "metric": verdict.metric, "value": verdict.value, "bound": verdict.threshold,
+                "severity": severity(verdict), "path": verdict.path,
+                "layer": verdict.worst.get("layer"),
+                "max_tokens": max(sum(residue_count(s) + 2 for s in x.sequences)
+                                  for x in samples),
+                "max_sequences": max(len(x.sequences) for x in samples),
+                "seconds": round(spent, 2),
+            })
     return rows
+
+
+def _groups(entries, config, stratum, *, n: int, at: int) -> list[tuple[list, list]]:
+    """``(samples, targets)`` with the targets whose strategies drew the same samples."""
+    groups: list[tuple[list, list]] = []
+    for entry in entries:
+        drawn = samples_of(entry, config, stratum, n=n, at=at)
+        for samples, members in groups:
+            if samples == drawn:
+                members.append(entry)
+                break
+        else:
+            groups.append((drawn, [entry]))
+    return groups
 
 
 def main(argv=None) -> int:
@@ -115,6 +159,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="1-3", help="N or N-M")
     parser.add_argument("--examples", type=int, default=6, help="samples per target and seed")
     parser.add_argument("--properties", nargs="+", default=list(PROPERTIES))
+    parser.add_argument("--job", action="append", metavar="SEEDS[:PROPERTY,...]",
+                        help="run these seeds of these properties (all by default); "
+                        "repeated, jobs run in turn on the same loaded models, and replace "
+                        "--seeds and --properties")
+    parser.add_argument("--ready", type=Path, help="touch this file once the models are loaded")
     parser.add_argument("--strata", nargs="+", help="only these strata (mixed: the targets "
                         "over all lengths)")
     parser.add_argument("--crowd-tokens", type=int, default=0,
@@ -142,21 +191,27 @@ def main(argv=None) -> int:
             most, tokens = crowd_limits(config, profile="dev")
             config = dataclasses.replace(config, crowd_sequences=most, crowd_tokens=tokens)
             harnesses.append((kind or "packed", control == args.controls[0], harness_for(config)))
-    for at in _seeds(args.seeds):
-        for name in args.properties:
-            entry = PROPERTIES[name]
-            # A control this target never calls gives the same row for every control.
-            calling = [h for kind, first, h in harnesses if kind in entry.calls or first]
-            for stratum in entry.strata:
+    if args.ready:
+        args.ready.touch()
+    jobs = [_job(text) for text in args.job] if args.job else [
+        (_seeds(args.seeds), args.properties)]
+    for seeds, properties in jobs:
+        for at in seeds:
+            for stratum in _strata(properties):
                 if args.strata and (stratum or "mixed") not in args.strata:
                     continue
-                if time.monotonic() > deadline:
-                    return 0
-                for row in _rows(args, calling, entry, stratum, at, layers):
-                    print(json.dumps(row), flush=True)
-                    if args.json:
-                        with args.json.open("a") as out:
-                            out.write(json.dumps(row) + "\n")
+                entries = [PROPERTIES[name] for name in properties
+                           if stratum in PROPERTIES[name].strata]
+                config = harnesses[0][2].config
+                for samples, members in _groups(entries, config, stratum, n=args.examples,
+                                                at=at):
+                    if time.monotonic() > deadline:
+                        return 0
+                    for row in _rows(args, harnesses, members, stratum, at, layers, samples):
+                        print(json.dumps(row), flush=True)
+                        if args.json:
+                            with args.json.open("a") as out:
+                                out.write(json.dumps(row) + "\n")
     return 0
 
 

@@ -2,9 +2,12 @@
 
     python benchmarks/fp_report.py docs/data/fp-*.jsonl.gz > table.md
 
-One row per (run, model, device, dtype, property): the seeds and controls covered, the
-number of samples checked, and the worst value with where it occurred, next to the
-bound it is judged against today (``Thresholds()``) and the factor of headroom left.
+One row per (run, model, device, dtype, property): the seeds covered in every stratum of
+the property (and how many more only in some), the controls, the number of samples
+checked, and the worst value with where it occurred, next to the bound it is judged
+against today (``Thresholds()``) and the factor of headroom left. ``--combine NAME``
+pools the files into one run, ``--properties`` keeps only those properties: a sweep
+continued over several calls is then one table row per setting.
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ def _seeds(seeds: list[int]) -> str:
     if seeds == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
     return ",".join(map(str, seeds))
+
+
+def _covered(rows: list[dict]) -> str:
+    """The seeds present in every stratum of ``rows``, and how many more in only some."""
+    by_stratum = collections.defaultdict(set)
+    for row in rows:
+        by_stratum[row["stratum"]].add(row["seed"])
+    every = set.intersection(*by_stratum.values())
+    some = set.union(*by_stratum.values()) - every
+    text = _seeds(sorted(every)) if every else "none"
+    return text + (f" (+{len(some)} in some strata)" if some else "")
 
 
 def _headroom(row: dict, th: Thresholds) -> str:
@@ -95,6 +109,8 @@ def main(argv=None) -> int:
     parser.add_argument("--faults", nargs="+", type=Path,
                         help="fault rows: print the detection-margin table instead, with "
                              "FILES as the control rows")
+    parser.add_argument("--combine", metavar="NAME", help="pool the files into one run NAME")
+    parser.add_argument("--properties", nargs="+", help="only these properties")
     args = parser.parse_args(argv)
     if args.faults:
         margins(args.faults, args.files)
@@ -103,13 +119,14 @@ def main(argv=None) -> int:
     print("| run | model | device | dtype | property | seeds | controls | samples | worst value "
           "(path, layer, stratum) | bound today | headroom |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for path in args.files:
+    runs = [(args.combine, args.files)] if args.combine else [
+        (path.name.split(".")[0], [path]) for path in args.files]
+    for run, paths in runs:
         groups = collections.defaultdict(list)
-        for row in _rows(path):
-            if row["examples"]:
+        for row in (row for path in paths for row in _rows(path)):
+            if row["examples"] and (not args.properties or row["property"] in args.properties):
                 model = row["model"].split(":")[-1].replace("esm2_", "").replace("_UR50D", "")
                 groups[(model, row["device"], row["dtype"], row["property"])].append(row)
-        run = path.name.split(".")[0]
         for (model, device, dtype, prop), rows in sorted(groups.items()):
             worst = max(rows, key=lambda r: r["severity"])
             controls = sorted({r["control"].rpartition(":")[2] for r in rows})
@@ -117,8 +134,8 @@ def main(argv=None) -> int:
             bound = f"{getattr(th, name):g}" if name else f"{worst['bound']:g}"
             where = ", ".join(str(x) for x in (worst["path"] or "-", f"layer {worst['layer']}",
                                                worst["stratum"]))
-            print(f"| {run} | {model} | {device} | {dtype} | `{prop}` | "
-                  f"{_seeds(sorted({r['seed'] for r in rows}))} | {', '.join(controls)} | "
+            print(f"| {run} | {model} | {device} | {dtype} | `{prop}` | {_covered(rows)} | "
+                  f"{', '.join(controls)} | "
                   f"{sum(r['examples'] for r in rows)} | {worst['metric']}="
                   f"{worst['value']:.4g} ({where}) | {bound} | {_headroom(worst, th)} |")
     return 0

@@ -1,35 +1,54 @@
 #!/usr/bin/env bash
-# The false-positive sweep of docs/false-positives.md on one H200 host, split into calls
-# that each fit a 10-minute device session: one GPU process per model size, each checking
-# both dtypes on the same samples (the oracle and the FP32 path are then computed once),
-# and CPU rows (8M, the ci crowd limits) on the host's cores, one process and one thread
-# per seed. Seed ranges come from the environment; every process stops starting rows
-# after $BUDGET seconds. Output: JSON lines in OUT_DIR.
-#     S8=1-10 S650=1-5 S3B=1-3 SCPU="1 2 3" BUDGET=480 bash benchmarks/fp_sweep.sh OUT_DIR
+# The false-positive sweep of docs/false-positives.md on one GPU host, in calls that each
+# fit a 10-minute device session. A plan file names one GPU process per line:
+#     NAME  MODEL  JOB...        MODEL: 8M, 650M or 3B; JOB: SEEDS[:PROPERTY,...]
+# (benchmarks/plans/ holds the plans that were run). Every process checks all four
+# controls in float16 and bfloat16 on the same samples. The first line (the largest
+# model) loads alone, so that the others cannot crowd its float64 oracle out of memory;
+# the rest then run side by side. No process starts a row after $BUDGET seconds, and
+# every one is stopped at $HARD seconds; rows are JSON lines in OUT_DIR, written as
+# they finish, with nvidia-smi samples in OUT_DIR/smi.csv.
+#     BUDGET=480 HARD=560 bash benchmarks/fp_sweep.sh PLAN OUT_DIR
 # With FAULTS=1 it instead runs the precision faults on the GPU (detection margins).
 set -u
-out="${1:-fp}"; mkdir -p "$out"; budget="${BUDGET:-480}"
-M8=synthetic:esm2_t6_8M_UR50D; M650=synthetic:esm2_t33_650M_UR50D; M3B=synthetic:esm2_t36_3B_UR50D
+plan="$1"; out="${2:-fp}"; mkdir -p "$out"
+budget="${BUDGET:-480}"; hard="${HARD:-560}"; start=$(date +%s)
 C="tests.impls.packed"; ALL="$C:loop_packed $C:tiled_packed $C:blockdiag_packed esmfuzz.forward:packed_forward"
 F="tests.faults.packed"
 PRECISION="$F:low_precision_softmax $F:low_precision_accumulation $F:positions_run_on $F:rotary_table_over_stream"
-fp() { name=$1; shift; python3 benchmarks/false_positives.py --budget "$budget" --examples 2 \
-    --json "$out/$name.jsonl" "$@" > /dev/null 2>> "$out/log.txt"; }
-gpu() { OMP_NUM_THREADS=2 fp "gpu-$1" --model "$2" --seeds "$3" --device cuda \
-    --dtypes float16 bfloat16 "${@:4}"; }
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+spec() { echo "synthetic:esm2_$(case $1 in 8M) echo t6_8M;; 650M) echo t33_650M;; 3B) echo t36_3B;; esac)_UR50D"; }
+gpu() {  # NAME MODEL CONTROLS -- JOB...
+    name=$1; model=$(spec "$2"); controls=$3; shift 3
+    layers=$([ "$model" = "$(spec 8M)" ] && echo all || echo checked)
+    jobs=(); for job in "$@"; do jobs+=(--job "$job"); done
+    left=$(( hard - ($(date +%s) - start) ))
+    timeout "$left" python3 benchmarks/false_positives.py --budget "$budget" --examples 2 \
+        --model "$model" --device "${DEVICE:-cuda}" --dtypes float16 bfloat16 --layers "$layers" \
+        --controls $controls "${jobs[@]}" --ready "$out/$name.ready" \
+        --json "$out/$name.jsonl" > /dev/null 2>> "$out/$name.log"
+    echo "$name exit $? after $(( $(date +%s) - start )) s" >> "$out/log.txt"
+}
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$out/smi.csv" &
+smi=$!
 if [ "${FAULTS:-0}" = 1 ]; then
-    for model in $M8 $M650; do
-        gpu faults $model 1-2 --layers checked --properties error_ratio --controls $PRECISION &
+    for model in 8M 650M; do
+        gpu "faults-$model" $model "$PRECISION" 1-2:error_ratio &
     done
-    wait; exit
+    wait $(jobs -p | grep -v "^$smi$"); kill $smi; exit
 fi
-[ -n "${S8:-}" ] && gpu 8M $M8 "$S8" --controls $ALL &
-[ -n "${S650:-}" ] && gpu 650M $M650 "$S650" --layers checked --controls $ALL &
-[ -n "${S3B:-}" ] && gpu 3B $M3B "$S3B" --layers checked --controls $ALL &
-for seed in ${SCPU:-}; do
-    OMP_NUM_THREADS=1 CUDA_VISIBLE_DEVICES= fp cpu-8M --model $M8 --device cpu \
-        --dtypes float16 --seeds "$seed" --crowd-tokens 6144 --crowd-sequences 128 \
-        --controls $ALL &
-done
-wait
+first=1
+while read -r name model jobs; do
+    case "$name" in ''|'#'*) continue;; esac
+    gpu "$name" "$model" "$ALL" $jobs &
+    pid=$!
+    if [ $first = 1 ]; then
+        first=0
+        for model_ in 650M 8M; do  # write the other synthetic checkpoints meanwhile
+            python3 -c "from esmfuzz.models import synthetic_checkpoint as s; s('esm2_$( [ $model_ = 8M ] && echo t6_8M || echo t33_650M)_UR50D')" &
+        done
+        until [ -e "$out/$name.ready" ] || ! kill -0 $pid 2>/dev/null; do sleep 2; done
+    fi
+done < "$plan"
+wait $(jobs -p | grep -v "^$smi$")
+kill $smi

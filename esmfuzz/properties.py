@@ -346,36 +346,41 @@ def _pooled(errors: Sequence[tuple[float, float, int]]) -> tuple[float, float, i
 def _noise_bounds(checks: _Checks, metric: str, k: float, items: Iterable[tuple]) -> None:
     """``tested <= k * pooled(baselines) + atol`` for the RMS and the worst-token statistic.
 
-    ``items`` yields ``(label, tested, baselines, reference, atol, layer, sequence)``;
-    ``tested`` and ``baselines`` are differences, judged relative to ``reference``. Every
-    statistic is read back from the device at once: one synchronisation per verdict, not
-    several per sequence and layer (hundreds of sequences fill a crowded pack).
+    ``items`` yields ``(label, tested, baselines, atol, layer, sequences)``: ``tested`` and
+    each baseline are ``[S, 3]`` statistics of :func:`metrics.segment_relative_errors`,
+    one row per sequence in ``sequences``. Every statistic is read back from the device
+    at once: one synchronisation per verdict, not several per sequence and layer
+    (hundreds of sequences fill a crowded pack).
     """
-    stats: list[torch.Tensor] = []
-    plan = []
-    for label, tested, baselines, reference, atol, layer, sequence in items:
-        first = len(stats)
-        stats.append(metrics.relative_error_tensor(tested, reference))
-        stats.extend(metrics.relative_error_tensor(b, reference) for b in baselines)
-        plan.append((label, atol, layer, sequence, first, len(stats)))
-    values = torch.stack(stats).tolist() if stats else []
-    for label, atol, layer, sequence, first, end in plan:
-        observed = values[first]
-        pooled = _pooled(values[first + 1 : end])
-        for i, stat in enumerate(("rms", "token")):
-            ratio = observed[i] / max(pooled[i] + atol / k, 1e-300)
-            checks.check(
-                metric,
-                ratio,
-                k,
-                at_least=False,
-                layer=layer,
-                sequence=sequence,
-                token=int(observed[2]) if stat == "token" else None,
-                label=f"{label} {stat}: ",
-            )
-            key = f"{stat}_error[{label}]"
-            checks.verdict.metrics[key] = max(checks.verdict.metrics.get(key, 0.0), observed[i])
+    blocks = [(item, torch.stack([item[1], *item[2]])) for item in items]
+    flat = torch.cat([block.reshape(-1) for _, block in blocks]).cpu() if blocks else None
+    at = 0
+    for (label, _, _, atol, layer, sequences), block in blocks:
+        values = flat[at : at + block.numel()].reshape(block.shape).tolist()
+        at += block.numel()
+        for row, sequence in enumerate(sequences):
+            observed, *others = (stats[row] for stats in values)
+            pooled = _pooled(others)
+            for i, stat in enumerate(("rms", "token")):
+                ratio = observed[i] / max(pooled[i] + atol / k, 1e-300)
+                checks.check(
+                    metric,
+                    ratio,
+                    k,
+                    at_least=False,
+                    layer=layer,
+                    sequence=sequence,
+                    token=int(observed[2]) if stat == "token" else None,
+                    label=f"{label} {stat}: ",
+                )
+                key = f"{stat}_error[{label}]"
+                checks.verdict.metrics[key] = max(checks.verdict.metrics.get(key, 0.0),
+                                                  observed[i])
+
+
+def _stream(outputs: Outputs, layer: int) -> torch.Tensor:
+    """One layer of every sequence, rows concatenated (as in a pack)."""
+    return torch.cat([out[layer] for out in outputs]).double()
 
 
 def error_ratio(
@@ -394,6 +399,17 @@ def error_ratio(
     """
     checks = _Checks("error_ratio")
     k = thresholds.error_ratio
+    layers = sorted(oracle[0]) if oracle else []
+    lengths = [out[layers[0]].shape[0] for out in oracle] if layers else []
+    exact = {layer: _stream(oracle, layer) for layer in layers}
+
+    def errors(outputs, layer):
+        rows = [out[layer].shape[0] for out in outputs]
+        if rows != lengths:
+            raise ValueError(f"outputs of {rows} rows per sequence for an oracle of {lengths}")
+        ref = exact[layer]
+        return metrics.segment_relative_errors(_stream(outputs, layer) - ref, ref, lengths)
+
     _noise_bounds(
         checks,
         "error_ratio",
@@ -401,16 +417,14 @@ def error_ratio(
         (
             (
                 label,
-                out[layer].double() - ref[layer],
-                [base[s][layer].double() - ref[layer] for base in baselines],
-                ref[layer],
+                errors(outputs, layer),
+                [errors(base, layer) for base in baselines],
                 thresholds.ulp_floor * torch.finfo(dtype).eps,
                 layer,
-                s,
+                range(len(oracle)),
             )
             for label, (outputs, baselines, dtype) in tested.items()
-            for s, (out, ref) in enumerate(zip(outputs, oracle, strict=True))
-            for layer in sorted(ref)
+            for layer in layers
         ),
     )
     checks.verdict.notes.append(
@@ -508,6 +522,10 @@ def context(
     """
     checks = _Checks(name)
     k = thresholds.context_ratio
+    def errors(difference, layer):
+        return metrics.segment_relative_errors(difference, oracle[layer],
+                                               [oracle[layer].shape[0]])
+
     _noise_bounds(
         checks,
         "context_ratio",
@@ -515,12 +533,11 @@ def context(
         (
             (
                 label,
-                first[layer].double() - second[layer].double(),
-                [b[layer].double() - oracle[layer] for b in baselines],
-                oracle[layer],
+                errors(first[layer].double() - second[layer].double(), layer),
+                [errors(b[layer].double() - oracle[layer], layer) for b in baselines],
                 thresholds.ulp_floor * torch.finfo(dtype).eps,
                 layer,
-                sequence,
+                [sequence],
             )
             for label, (first, second, baselines, dtype) in paths.items()
             for layer in sorted(oracle)
