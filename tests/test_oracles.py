@@ -131,6 +131,29 @@ def test_relative_errors_is_linear_in_the_difference():
     assert a[0] == pytest.approx(rms(diff) / rms(ref), rel=1e-14)
 
 
+def test_segment_relative_errors_match_each_segment_alone():
+    lengths = [3, 1, 6, 2]
+    ref, diff = randn(sum(lengths), seed=3), randn(sum(lengths), seed=4)
+    together = metrics.segment_relative_errors(diff, ref, lengths).tolist()
+    start = 0
+    for row, n in zip(together, lengths):
+        total, worst, token = metrics.relative_errors(diff[start:start + n], ref[start:start + n])
+        assert row[0] == pytest.approx(total, rel=1e-14)
+        assert row[1] == pytest.approx(worst, rel=1e-14)
+        assert row[2] == token
+        start += n
+
+
+def test_segment_relative_errors_name_the_first_non_finite_token():
+    lengths = [2, 4, 3]
+    ref, diff = randn(9, seed=5), randn(9, seed=6)
+    diff[3, 0], diff[4, 1], diff[7, 0] = math.inf, math.nan, math.inf
+    rows = metrics.segment_relative_errors(diff, ref, lengths).tolist()
+    assert math.isfinite(rows[0][0]) and math.isfinite(rows[0][1])
+    assert math.isnan(rows[1][0]) and math.isnan(rows[1][1]) and rows[1][2] == 1
+    assert rows[2][1] == math.inf and rows[2][2] == 1
+
+
 # --------------------------------------------------------------------------- error_ratio
 
 ERROR_CASES = [
