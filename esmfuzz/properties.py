@@ -106,13 +106,13 @@ class Thresholds:
     token_cosine: float = 0.95
     error_ratio: float = 8.0
     """k in ``err(tested) <= k * err(baselines) + atol``; errors are RMS statistics. Correct
-    controls reached 1.7 (pooled baselines) and 5.4 (one baseline, 3B): docs/oracles.md."""
+    controls reached 2.2 (pooled, 8M to 3B) and 5.4 (one baseline, 3B): docs/oracles.md."""
     ulp_floor: float = 1.0
     """atol of the error and context bounds, in ulps of the path's dtype (relative to the
     oracle's RMS), so an exactly-equal baseline cannot make the bound zero."""
     context_ratio: float = 8.0
     """k for one sequence in two contexts: ``diff <= k * err(baselines) + atol``. Correct
-    controls reached 2.4 (pooled) and 5.1 (one baseline, 3B): docs/oracles.md."""
+    controls reached 2.7 (four baselines, 3B) and 5.1 (one, 3B): docs/oracles.md."""
     mean_abs_diff: float = 0.01
     std_rel_diff: float = 0.05
     l2_norm_rel_diff: float = 0.05
