@@ -1,0 +1,48 @@
+"""Failure signatures: one bug gives one signature, two bugs two."""
+
+import math
+
+from esmfuzz.properties import Verdict
+from esmfuzz.triage import signature
+
+CHECKED = [0, 1, 3, 6]
+
+
+def _failing(prop: str, metric: str, value: float, failing: dict[int, float], path: str = ""):
+    layers = {layer: [-1.0 if layer in failing else 0.5, metric, failing.get(layer, 0.0)]
+              for layer in CHECKED}
+    return Verdict(prop, ok=False, metric=metric, value=value, threshold=0.95, margin=-1.0,
+                   path=path, layers=layers)
+
+
+def test_a_threshold_property_keeps_one_signature_however_far_an_example_fails():
+    """One missing rescale failed packed_precision at layer 6 in one example, at layers 3
+    and 6 (and on another cosine) in the next: one bug, one signature."""
+    mild = _failing("packed_precision", "token_cosine_min", 0.94, {6: 0.94})
+    severe = _failing("packed_precision", "sequence_cosine", 0.90, {3: 0.97, 6: 0.90})
+    assert signature(mild, CHECKED) == signature(severe, CHECKED)
+    assert signature(mild, CHECKED) == "packed_precision: cosine thresholds in the packed output"
+    padded = _failing("precision", "token_cosine_min", 0.9, {6: 0.9})
+    assert signature(padded, CHECKED) == "precision: cosine thresholds in the padded output"
+
+
+def test_statistics_signatures_tell_the_output_apart():
+    packed = _failing("statistics", "mean_abs_diff", 0.2, {6: 0.2}, path="packed")
+    padded = _failing("statistics", "std_rel_diff", 0.3, {6: 0.3}, path="padded")
+    assert signature(packed, CHECKED) != signature(padded, CHECKED)
+
+
+def test_error_ratio_tells_bugs_apart_by_their_failing_layers():
+    leak = _failing("error_ratio", "error_ratio", 1e5, {1: 1e5, 3: 1e5, 6: 1e5},
+                    path="packed float32 token")
+    rescale = _failing("error_ratio", "error_ratio", 1e6, {0: 1e6, 1: 1e6, 3: 1e6, 6: 1e6},
+                       path="packed float32 token")
+    assert signature(leak, CHECKED) == (
+        "error_ratio: error_ratio in the packed output, failing layers 1,3,6")
+    assert signature(leak, CHECKED) != signature(rescale, CHECKED)
+
+
+def test_non_finite_threshold_failures_keep_their_layers():
+    nan = _failing("packed_precision", "sequence_cosine", math.nan, {3: math.nan, 6: math.nan})
+    assert signature(nan, CHECKED) == (
+        "packed_precision: non-finite sequence_cosine in the packed output, failing layers 3,6")
