@@ -27,6 +27,7 @@ from esmfuzz.corpus import Case, CorpusError, load_corpus, save_case
 from esmfuzz.harness import Config, Harness, crowd_limits, harness_for, read_pyproject
 from esmfuzz.properties import Sample, Verdict
 from esmfuzz.registry import PROPERTIES
+from esmfuzz.tighten import tighten
 from esmfuzz.triage import Known, signature
 
 __all__ = ["FuzzRecorder", "PROFILES", "check_and_record", "stratum_of_layout"]
@@ -495,13 +496,53 @@ def check_and_record(
     if recorder.rows[(prop, stratum)].get("shrink_cut"):
         verdict.notes.append(f"shrinking stopped after --esm-shrink-seconds "
                              f"{harness.config.shrink_seconds:g}: this case may not be minimal")
-    message = verdict.message()
     if not final:
         recorder.unsaved = (harness, prop, sample, verdict, target_name)
-    else:
-        recorder.unsaved = None
-        message += "\n" + _save(harness, prop, sample, verdict, recorder, target_name)
-    raise AssertionError(message)
+        raise AssertionError(verdict.message())
+    recorder.unsaved = None
+    sample, verdict = _tightened(harness, prop, sample, verdict, sig)
+    raise AssertionError(
+        verdict.message() + "\n" + _save(harness, prop, sample, verdict, recorder, target_name)
+    )
+
+
+TIGHTEN_SECONDS = 60.0
+"""Time the second shrink pass may take where ``shrink_seconds`` does not say."""
+
+
+def _tightened(harness: Harness, prop: str, sample: Sample, verdict: Verdict, sig: str):
+    """Hypothesis's final failure, made smaller where whole sequences or residues can go
+    with the signature kept (:mod:`esmfuzz.tighten`): the sample and verdict to save."""
+
+    def still_fails(candidate: Sample) -> bool:
+        try:
+            found = harness.check(prop, candidate, explain=False)
+        except Exception:
+            return False
+        return not found.ok and signature(found, harness.layers) == sig
+
+    seconds = harness.config.shrink_seconds or TIGHTEN_SECONDS
+    smaller, tried = tighten(sample, still_fails, seconds=seconds)
+    if smaller == sample:
+        return sample, verdict
+    try:
+        explained = harness.check(prop, smaller)
+    except Exception:
+        return sample, verdict
+    if explained.ok or signature(explained, harness.layers) != sig:
+        return sample, verdict
+    explained.notes.append(
+        f"shrunk further after Hypothesis, by dropping sequences and residues with the "
+        f"signature kept ({tried} samples tried): from {_size(sample)} to {_size(smaller)}"
+    )
+    explained.notes.extend(n for n in verdict.notes if n.startswith("shrinking stopped"))
+    return smaller, explained
+
+
+def _size(sample: Sample) -> str:
+    count = len(sample.sequences)
+    residues = sum(map(residue_count, sample.sequences))
+    return f"{count} sequence{'s' * (count != 1)} of {residues} residues in all"
 
 
 def replay_open_case(harness: Harness, recorder: FuzzRecorder, path: Path, case: Case,

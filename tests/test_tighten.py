@@ -1,0 +1,69 @@
+"""The second shrink pass: smaller samples that keep a failure's signature."""
+
+from __future__ import annotations
+
+import pytest
+
+from esmfuzz.alphabet import residue_count
+from esmfuzz.harness import Config, Harness
+from esmfuzz.plugin import _tightened
+from esmfuzz.properties import Sample
+from esmfuzz.tighten import smaller_samples, tighten
+from esmfuzz.triage import signature
+
+
+def test_tighten_reaches_the_smallest_sample_a_predicate_allows():
+    """A failure that needs a W and a second sequence: every other residue and sequence
+    goes, in one pass per step."""
+    start = Sample(("MKTAYIAKQRW", "GLVWPEST", "AAAA<mask>CC", "L"))
+
+    def fails(sample):
+        return len(sample.sequences) >= 2 and any("W" in s for s in sample.sequences)
+
+    smallest, tried = tighten(start, fails, seconds=30)
+    assert fails(smallest)
+    assert len(smallest.sequences) == 2
+    assert sum(map(residue_count, smallest.sequences)) == 2
+    assert tried > 0
+
+
+def test_tighten_keeps_a_sample_nothing_smaller_fails():
+    start = Sample(("L", "A"))
+    smallest, tried = tighten(start, lambda s: s == start, seconds=30)
+    assert smallest == start and tried == 2  # the candidates: drop either sequence
+
+
+def test_tighten_stops_when_time_is_up():
+    start = Sample(("MKTAYIAKQRW" * 10,) * 4)
+    smallest, tried = tighten(start, lambda s: True, seconds=0)
+    assert smallest == start and tried == 0
+
+
+def test_smaller_samples_keep_the_followed_sequence_in_both_layouts():
+    start = Sample(("MKTAYIAK", "GLVW<mask>PE", "QR"), 1, ("GLVW<mask>PE", "SSSS"), 0)
+    candidates = list(smaller_samples(start))
+    assert candidates
+    for candidate in candidates:  # Sample() itself checks that the target is in both
+        assert candidate.sequences[candidate.target] == candidate.variant[candidate.variant_target]
+        assert all(residue_count(s) >= 1 for s in candidate.sequences + candidate.variant)
+    assert not any(len(c.sequences) == 2 and "GLVW<mask>PE" not in c.sequences
+                   for c in candidates)
+    assert Sample(("MKTAYIAK", "GLVW<mask>PE"), 1, ("GLVW<mask>PE", "SSSS"), 0) in candidates
+    assert any(c.sequences[1] == "GLV" and c.variant[0] == "GLV" for c in candidates)
+
+
+@pytest.mark.usefixtures("one_cpu_thread")
+def test_a_leak_found_in_a_bloated_pack_is_tightened_to_two_short_sequences(esmfuzz_cache):
+    """The real harness on a leaky packed forward: the leak needs a second sequence; the
+    other two sequences and most residues go, and the signature is the same."""
+    harness = Harness(Config(model="synthetic:esm2_t6_8M_UR50D", device="cpu",
+                             dtype="float16", packed_impl="tests.impls.packed:leaky_packed"))
+    start = Sample(("MKTAYIAKQRQISFVKSHFSRQ", "GLVWPESTAAAA", "XBZUOLLLL", "CCCCHHHH"))
+    verdict = harness.check("error_ratio", start)
+    assert not verdict.ok
+    sig = signature(verdict, harness.layers)
+    smaller, explained = _tightened(harness, "error_ratio", start, verdict, sig)
+    assert len(smaller.sequences) == 2
+    assert sum(map(residue_count, smaller.sequences)) <= 4
+    assert not explained.ok and signature(explained, harness.layers) == sig
+    assert any("shrunk further after Hypothesis" in note for note in explained.notes)
