@@ -522,6 +522,7 @@ def context(
     """
     checks = _Checks(name)
     k = thresholds.context_ratio
+
     def errors(difference, layer):
         return metrics.segment_relative_errors(difference, oracle[layer],
                                                [oracle[layer].shape[0]])
