@@ -506,7 +506,7 @@ def check_and_record(
     )
 
 
-TIGHTEN_SECONDS = 60.0
+TIGHTEN_SECONDS = 15.0
 """Time the second shrink pass may take where ``shrink_seconds`` does not say."""
 
 
