@@ -53,7 +53,8 @@ _OPTIONS = {
     "residues": "all (the 20 amino acids, X B Z U O) or standard (the 20 only), for pipelines "
     "that never see rare residues",
     "shrink-seconds": "seconds a target may spend shrinking its failure; past them the "
-    "smallest failure so far is saved, with a note (default 0: Hypothesis's own limit)",
+    "smallest failure so far is saved, with a note (default 0: Hypothesis's own limit); "
+    "also the limit of the second pass that drops sequences and residues (15 s if 0)",
     "timeout": "seconds one call of an implementation under test may take; a call over the "
     "limit is a finding, saved, and the run goes on (default 0: no limit)",
     "paths": "dtype paths the implementations are checked on: auto, both (candidate dtype and "
