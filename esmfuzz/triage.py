@@ -35,20 +35,20 @@ def signature(verdict: Verdict, checked: Sequence[int]) -> str:
     Only the layers every example checks count, so that a failure found while fuzzing
     and its shrunk, explained case (every layer) have the same signature.
     """
-    finite = math.isfinite(verdict.value)
+    coarse = False
     if verdict.metric in _KINDS:
         kind = verdict.metric
-    elif not finite:
+    elif not math.isfinite(verdict.value):
         kind = f"non-finite {verdict.metric}"
     elif verdict.property in _THRESHOLDS:
-        kind = _THRESHOLDS[verdict.property]
+        kind, coarse = _THRESHOLDS[verdict.property], True
     else:
         kind = verdict.metric
     where = verdict.path.split()[0] if verdict.path else ""
     if verdict.property in _THRESHOLDS and not where:
         where = "packed" if verdict.property == "packed_precision" else "padded"
     text = f"{verdict.property}: {kind}" + (f" in the {where} output" if where else "")
-    if verdict.property in _THRESHOLDS and finite and verdict.metric not in _KINDS:
+    if coarse:
         return text
     wanted = set(checked)
     failing = [layer for layer in verdict.failing_layers() if layer in wanted]
