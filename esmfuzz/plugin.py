@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from esmfuzz.harness import Config, Harness, crowd_limits, harness_for, read_pyp
 from esmfuzz.properties import Sample, Verdict
 from esmfuzz.registry import PROPERTIES
 from esmfuzz.tighten import tighten
-from esmfuzz.triage import Known, signature
+from esmfuzz.triage import Claims, Known, signature
 
 __all__ = ["FuzzRecorder", "PROFILES", "check_and_record", "stratum_of_layout"]
 
@@ -62,10 +64,18 @@ _OPTIONS = {
 }
 
 
+_PHASES = [phase for phase in Phase if phase is not Phase.explain]
+"""Hypothesis's explain phase re-runs the shrunk failure ~100 times with parts of it
+redrawn, to mark which parts do not matter; esmfuzz's message (the per-layer picture,
+the second shrink pass) says more, and those runs took 70% of a failing target's time on
+the CPU (22 s of 31 for a forward that raises)."""
+
+
 def _register_profiles() -> None:
     common = {
         "deadline": None,
         "print_blob": True,
+        "phases": _PHASES,
         "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
     }
     settings.register_profile("quick", max_examples=3, **common)
@@ -75,7 +85,6 @@ def _register_profiles() -> None:
         "soak",
         max_examples=10**9,
         database=DirectoryBasedExampleDatabase(".hypothesis/examples"),
-        phases=list(Phase),
         **common,
     )
 
@@ -225,6 +234,12 @@ def _save(harness: Harness, prop: str, sample: Sample, verdict: Verdict,
         saved = f"corpus case: {path}{'' if created else ' (already in the corpus)'}"
     recorder.settle(sig, status=status, case=case, pattern=verdict.layer_pattern(),
                     target=target_name)
+    if recorder.claims is not None:
+        try:
+            recorder.claims.settle(sig, case=case, pattern=verdict.layer_pattern())
+        except OSError as exc:
+            recorder.notes.append(f"could not share the case of {sig!r} with the other "
+                                  f"workers: {exc}")
     return f"signature: {sig}\n{saved}"
 
 
@@ -233,7 +248,28 @@ def pytest_configure(config: pytest.Config) -> None:
     profile = config.getoption("esm_profile") or ("ci" if os.environ.get("CI") else "quick")
     settings.load_profile(profile)
     recorder = FuzzRecorder(_config_from(config, profile), profile)
+    claims = getattr(config, "workerinput", {}).get("esmfuzz_claims")
+    if claims:
+        recorder.claims = Claims(claims)
     config.stash[_RECORDER] = recorder
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """The xdist controller gives its workers one claims directory (:class:`Claims`)."""
+    recorder = node.config.stash.get(_RECORDER, None)
+    if recorder is None:
+        return
+    if recorder.claims is None:
+        recorder.claims = Claims(tempfile.mkdtemp(prefix="esmfuzz-claims-"))
+        recorder.owns_claims = True
+    node.workerinput["esmfuzz_claims"] = str(recorder.claims.directory)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    recorder = config.stash.get(_RECORDER, None)
+    if recorder is not None and recorder.owns_claims:
+        shutil.rmtree(recorder.claims.directory, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -267,7 +303,28 @@ class FuzzRecorder:
         """Distinct failures by signature: found and saved in this run, or open corpus
         cases that still fail. A later failure with one of these signatures is counted
         as seen again, not shrunk again."""
+        self.claims: Claims | None = None
+        """Shared with the other processes of the run (xdist workers), if any."""
+        self.owns_claims = False
+        self.mine: set[str] = set()
+        """Signatures this process claimed: it shrinks and saves them."""
         self._corpus_cache: tuple[list[tuple[Path, Case]], list[CorpusError]] | None = None
+
+    def claimed_elsewhere(self, sig: str, *, claim: bool) -> bool:
+        """True where another process of the run claimed ``sig`` first; it is then known
+        here too, and this process does not shrink it again. ``claim``: a target's first
+        failure claims its signature; a shrink step only looks (shrinking passes through
+        failures it will not save)."""
+        if self.claims is None or sig in self.known or sig in self.mine:
+            return False
+        if claim and self.claims.claim(sig):
+            self.mine.add(sig)
+            return False
+        if not self.claims.claimed(sig):
+            return False
+        theirs = self.claims.read(sig)
+        self.known[sig] = Known(sig, "new", theirs.get("case", ""), theirs.get("pattern", ""))
+        return True
 
     def corpus(self) -> tuple[list[tuple[Path, Case]], list[CorpusError]]:
         if self._corpus_cache is None:
@@ -344,6 +401,7 @@ class FuzzRecorder:
             mine = self.known.setdefault(item["signature"], Known(**{**item, "targets": [],
                                                                       "seen_again": 0}))
             mine.seen_again += item["seen_again"]
+            mine.case, mine.pattern = mine.case or item["case"], mine.pattern or item["pattern"]
             mine.targets += [t for t in item["targets"] if t not in mine.targets]
         self.notes += [n for n in data["notes"] if n not in self.notes]
 
@@ -484,7 +542,12 @@ def check_and_record(
         )
     target_name = f"{prop}[{stratum}]"
     sig = None if verdict.ok else signature(verdict, harness.layers)
-    if sig in recorder.known:
+    first = row is None or row["first_failure"] is None
+    if (
+        sig is not None
+        and not final  # the final, shrunk failure is always saved: nothing found is lost
+        and (sig in recorder.known or recorder.claimed_elsewhere(sig, claim=first))
+    ):
         # A bug this run already knows: counted, not shrunk again; fuzzing goes on.
         recorder.known[sig].hit(target_name)
         recorder.record(prop, stratum, sample, verdict, harness.under_test(prop), seen_again=True)
@@ -741,7 +804,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         for known in recorder.known.values():
             again = f"; seen again {known.seen_again} times" if known.seen_again else ""
             tr.write_line(
-                f"  [{known.status}] {known.signature}: {known.pattern}; targets "
+                f"  [{known.status}] {known.signature}"
+                f"{': ' + known.pattern if known.pattern else ''}; targets "
                 f"{', '.join(known.targets)}{again}; case {known.case or '-'}",
                 red=known.status == "new",
                 yellow=known.status != "new",

@@ -37,7 +37,10 @@ class Property:
 
 
 def _per_model(harness, kind: str, run) -> dict:
-    """``{label: run(model)}`` for each dtype path the implementation ``kind`` is checked on."""
+    """``{label: run(model)}`` for each dtype path the implementation ``kind`` is checked on.
+
+    Every property calls the implementations under test before its baselines and oracle:
+    a broken implementation fails at once, so shrinking its failure costs no baselines."""
     out = {}
     for model in harness.path_models(kind):
         result = harness.tested(kind, model, lambda model=model: run(model))
@@ -48,28 +51,30 @@ def _per_model(harness, kind: str, run) -> dict:
 
 def _precision(harness, sample: Sample, layers, *, packed: bool) -> Verdict:
     pair, seqs = harness.pair, sample.sequences
-    reference = harness.baseline(pair.reference, seqs, layers)
     if packed:
         candidate = harness.packed(pair.candidate, seqs, layers)
     else:
         candidate = harness.padded(pair.candidate, seqs, layers)
+    reference = harness.baseline(pair.reference, seqs, layers)
     name = "packed_precision" if packed else "precision"
     return P.precision(candidate, reference, harness.thresholds, name=name)
 
 
 def _error_ratio(harness, sample: Sample, layers) -> Verdict:
     seqs = sample.sequences
-    oracle = harness.oracle(seqs, layers)
-    tested = {}
+    outputs = {}
     kinds = ["packed"] + (["padded"] if "padded" in harness.under_test_kinds() else [])
     for kind in kinds:
         forward = harness.packed if kind == "packed" else harness.padded
-        for label, (model, out) in _per_model(
+        for label, result in _per_model(
             harness, kind, lambda m, forward=forward: forward(m, seqs, layers)
         ).items():
-            dtype = model.embed_tokens.weight.dtype
-            tested[f"{kind} {label}"] = (out, harness.baselines(model, seqs, layers), dtype)
-    verdict = P.error_ratio(tested, oracle, harness.thresholds)
+            outputs[f"{kind} {label}"] = result
+    tested = {
+        path: (out, harness.baselines(model, seqs, layers), model.embed_tokens.weight.dtype)
+        for path, (model, out) in outputs.items()
+    }
+    verdict = P.error_ratio(tested, harness.oracle(seqs, layers), harness.thresholds)
     verdict.notes.append(harness.pair.oracle_note)
     return verdict
 
@@ -77,22 +82,22 @@ def _error_ratio(harness, sample: Sample, layers) -> Verdict:
 def _finite(harness, sample: Sample, layers) -> Verdict:
     pair, seqs = harness.pair, sample.sequences
     layers = sorted(set(layers) | {pair.num_layers})
-    reference = harness.with_logits(pair.reference, harness.baseline(pair.reference, seqs, layers))
     candidates = {
         "packed": harness.with_logits(pair.candidate, harness.packed(pair.candidate, seqs, layers)),
         "padded": harness.with_logits(pair.candidate, harness.padded(pair.candidate, seqs, layers)),
     }
+    reference = harness.with_logits(pair.reference, harness.baseline(pair.reference, seqs, layers))
     return P.finite(candidates, reference)
 
 
 def _statistics(harness, sample: Sample, layers) -> Verdict:
     pair, seqs = harness.pair, sample.sequences
     last = [pair.num_layers]
-    reference = harness.baseline(pair.reference, seqs, last)
     candidates = {
         "packed": harness.packed(pair.candidate, seqs, last),
         "padded": harness.padded(pair.candidate, seqs, last),
     }
+    reference = harness.baseline(pair.reference, seqs, last)
     return P.statistics(candidates, reference, harness.thresholds, layer=pair.num_layers,
                         baseline=harness.baseline(pair.candidate, seqs, last))
 

@@ -8,13 +8,17 @@ known (saved earlier in the run, or an open corpus case that still fails) is cou
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from esmfuzz.properties import Verdict
 
-__all__ = ["Known", "signature"]
+__all__ = ["Claims", "Known", "signature"]
 
 _KINDS = ("exception", "timeout", "malformed_output", "mutated_input")
 
@@ -71,3 +75,50 @@ class Known:
         self.seen_again += 1
         if target not in self.targets:
             self.targets.append(target)
+
+
+class Claims:
+    """Signatures claimed by the processes of one run (the xdist workers of one
+    ``pytest -n N``): the first process to fail with a signature shrinks and saves it,
+    the others count it as seen again, so a bug is shrunk once per run, not once per worker.
+
+    One file per signature in a directory the processes share, created with ``O_EXCL``:
+    of two processes claiming at once, exactly one wins. The winner adds the case and
+    the per-layer pattern once saved (written atomically); a reader that comes first
+    finds them empty, and the controller's summary takes them from the winner's report.
+    """
+
+    def __init__(self, directory: Path | str):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sig: str) -> Path:
+        return self.directory / f"{hashlib.sha256(sig.encode()).hexdigest()[:16]}.json"
+
+    def claim(self, sig: str) -> bool:
+        """True for the one process that claims ``sig`` first."""
+        try:
+            fd = os.open(self._path(sig), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as out:
+            json.dump({"signature": sig, "pid": os.getpid()}, out)
+        return True
+
+    def settle(self, sig: str, *, case: str, pattern: str) -> None:
+        path = self._path(sig)
+        part = path.with_suffix(f".{os.getpid()}.part")
+        part.write_text(json.dumps({"signature": sig, "pid": os.getpid(), "case": case,
+                                    "pattern": pattern}))
+        os.replace(part, path)
+
+    def claimed(self, sig: str) -> bool:
+        return self._path(sig).exists()
+
+    def read(self, sig: str) -> dict:
+        """What the winner wrote: ``case`` and ``pattern`` once settled, else nothing."""
+        try:
+            data = json.loads(self._path(sig).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}

@@ -18,18 +18,39 @@ _F = TypeVar("_F", bound=Callable[..., SearchStrategy[Any]])
 
 
 def _lazy(builder: _F) -> _F:
-    """Defer ``builder`` (and so its option checks) until the strategy is used."""
+    """Defer ``builder`` (and so its option checks) until the strategy is used.
+
+    The same options give the same strategy object: strategies built inside a draw (the
+    neighbours of a stratified layout) would otherwise be rebuilt on every draw, and
+    building an ``@st.composite`` reads its function's source (25 ms each, most of a
+    shrink's time where the property itself is quick)."""
+    built: dict[tuple, SearchStrategy[Any]] = {}
 
     @functools.wraps(builder)
     def wrapper(*args: Any, **kwargs: Any) -> SearchStrategy[Any]:
+        try:
+            key = (args, tuple(sorted(kwargs.items())))
+            return built[key]
+        except TypeError:
+            key = None
+        except KeyError:
+            pass
+
         def definition() -> SearchStrategy[Any]:
             return builder(*args, **kwargs)
 
         shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
         definition.__name__ = definition.__qualname__ = f"{builder.__name__}({', '.join(shown)})"
-        return st.deferred(definition)
+        strategy = st.deferred(definition)
+        if key is not None and len(built) < _BUILT:
+            built[key] = strategy
+        return strategy
 
     return wrapper  # type: ignore[return-value]
+
+
+_BUILT = 4096
+"""Strategies kept per builder: options drawn from a run's own state stay few."""
 
 
 def _check_int(name: str, value: object, *, at_least: int) -> int:

@@ -1,9 +1,10 @@
-"""Failure signatures: one bug gives one signature, two bugs two."""
+"""Failure signatures: one bug gives one signature, two bugs two; claimed once per run."""
 
 import math
+import multiprocessing
 
 from esmfuzz.properties import Verdict
-from esmfuzz.triage import signature
+from esmfuzz.triage import Claims, signature
 
 CHECKED = [0, 1, 3, 6]
 
@@ -46,3 +47,30 @@ def test_non_finite_threshold_failures_keep_their_layers():
     nan = _failing("packed_precision", "sequence_cosine", math.nan, {3: math.nan, 6: math.nan})
     assert signature(nan, CHECKED) == (
         "packed_precision: non-finite sequence_cosine in the packed output, failing layers 3,6")
+
+
+def _claim(directory, sig, start, results):
+    start.wait()
+    results.put(Claims(directory).claim(sig))
+
+
+def test_of_processes_claiming_one_signature_at_once_exactly_one_wins(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Event(), context.Queue()
+    sig = "error_ratio: exception"
+    workers = [context.Process(target=_claim, args=(tmp_path, sig, start, results))
+               for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    won = sorted(results.get(timeout=60) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+    assert won == [False, False, False, True]
+    claims = Claims(tmp_path)
+    assert claims.claimed(sig) and not claims.claimed("finite: exception")
+    assert claims.read(sig).get("case") is None
+    claims.settle(sig, case="corpus/error_ratio/abc.json", pattern="every layer")
+    assert claims.read(sig)["case"] == "corpus/error_ratio/abc.json"
+    assert not claims.claim(sig) and claims.claim("finite: exception")
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".json"]
