@@ -232,11 +232,11 @@ def _save(harness: Harness, prop: str, sample: Sample, verdict: Verdict,
             recorder.saved.append(path)
         case = str(path)
         saved = f"corpus case: {path}{'' if created else ' (already in the corpus)'}"
-    recorder.settle(sig, status=status, case=case, pattern=verdict.layer_pattern(),
-                    target=target_name)
+    pattern = verdict.layer_pattern()
+    recorder.settle(sig, status=status, case=case, pattern=pattern, target=target_name)
     if recorder.claims is not None:
         try:
-            recorder.claims.settle(sig, case=case, pattern=verdict.layer_pattern())
+            recorder.claims.settle(sig, case=case, pattern=pattern)
         except OSError as exc:
             recorder.notes.append(f"could not share the case of {sig!r} with the other "
                                   f"workers: {exc}")

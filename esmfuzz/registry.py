@@ -3,6 +3,8 @@
 The fuzz targets, corpus replay and the soak runner all go through :func:`get`, so a
 property means the same thing everywhere. A ``run`` gathers the forward outputs its
 oracle needs from a :class:`~esmfuzz.harness.Harness` and returns the oracle's verdict.
+Each run calls the implementations under test before its baselines and oracle: a broken
+implementation fails at once, so shrinking its failure costs no baselines.
 """
 
 from __future__ import annotations
@@ -37,10 +39,7 @@ class Property:
 
 
 def _per_model(harness, kind: str, run) -> dict:
-    """``{label: run(model)}`` for each dtype path the implementation ``kind`` is checked on.
-
-    Every property calls the implementations under test before its baselines and oracle:
-    a broken implementation fails at once, so shrinking its failure costs no baselines."""
+    """``{label: run(model)}`` for each dtype path the implementation ``kind`` is checked on."""
     out = {}
     for model in harness.path_models(kind):
         result = harness.tested(kind, model, lambda model=model: run(model))

@@ -29,7 +29,9 @@ def _lazy(builder: _F) -> _F:
     @functools.wraps(builder)
     def wrapper(*args: Any, **kwargs: Any) -> SearchStrategy[Any]:
         try:
-            key = (args, tuple(sorted(kwargs.items())))
+            # Types are part of the key: masks=1 equals masks=True, and must still fail.
+            key = (tuple((type(a), a) for a in args),
+                   tuple(sorted((k, type(v), v) for k, v in kwargs.items())))
             return built[key]
         except TypeError:
             key = None

@@ -294,6 +294,14 @@ def test_bad_layout_options_raise_at_draw_time(kwargs, name):
         strategy.example()
 
 
+def test_a_strategy_built_once_still_checks_options_equal_to_it():
+    """Strategies are kept per options; masks=1 equals masks=True but is not a bool."""
+    assert packing_layouts(masks=True) is packing_layouts(masks=True)
+    packing_layouts(masks=True).example()
+    with pytest.raises(InvalidArgument, match="masks=1"):
+        packing_layouts(masks=1).example()
+
+
 # --- metamorphic variants and pairs ------------------------------------------------
 
 
