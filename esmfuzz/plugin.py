@@ -25,7 +25,7 @@ from hypothesis.control import current_build_context
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from esmfuzz.alphabet import residue_count
-from esmfuzz.corpus import Case, CorpusError, load_corpus, save_case
+from esmfuzz.corpus import Case, CorpusError, load_case, load_corpus, save_case
 from esmfuzz.harness import Config, Harness, crowd_limits, harness_for, read_pyproject
 from esmfuzz.properties import Sample, Verdict
 from esmfuzz.registry import PROPERTIES
@@ -326,6 +326,13 @@ class FuzzRecorder:
         self.known[sig] = Known(sig, "new", theirs.get("case", ""), theirs.get("pattern", ""))
         return True
 
+    def distinct(self) -> list[Known]:
+        """Each distinct failure once (a signature folded into another's maps to it)."""
+        out: dict[int, Known] = {}
+        for known in self.known.values():
+            out.setdefault(id(known), known)
+        return list(out.values())
+
     def corpus(self) -> tuple[list[tuple[Path, Case]], list[CorpusError]]:
         if self._corpus_cache is None:
             self._corpus_cache = load_corpus(self.config.corpus)
@@ -372,7 +379,7 @@ class FuzzRecorder:
             "unsaved_errors": self.unsaved_errors,
             "header": self.header,
             "notes": self.notes,
-            "known": [dataclasses.asdict(k) for k in self.known.values()],
+            "known": [dataclasses.asdict(k) for k in self.distinct()],
         }
 
     def merge(self, data: dict) -> None:
@@ -398,11 +405,15 @@ class FuzzRecorder:
         self.unsaved_errors += data["unsaved_errors"]
         self.header = self.header or data["header"]
         for item in data["known"]:
-            mine = self.known.setdefault(item["signature"], Known(**{**item, "targets": [],
-                                                                      "seen_again": 0}))
+            mine = self.known.setdefault(item["signature"], Known(**{
+                **item, "targets": [], "seen_again": 0, "also": []}))
             mine.seen_again += item["seen_again"]
             mine.case, mine.pattern = mine.case or item["case"], mine.pattern or item["pattern"]
             mine.targets += [t for t in item["targets"] if t not in mine.targets]
+            for sig in item["also"]:
+                if sig not in mine.also:
+                    mine.also.append(sig)
+                self.known.setdefault(sig, mine)
         self.notes += [n for n in data["notes"] if n not in self.notes]
 
     def describe_harness(self) -> None:
@@ -444,7 +455,7 @@ class FuzzRecorder:
             )
         return {"profile": self.profile, "rows": rows, "saved": [str(p) for p in self.saved],
                 "reach": self.reach.as_dict(),
-                "failures": [dataclasses.asdict(k) for k in self.known.values()]}
+                "failures": [dataclasses.asdict(k) for k in self.distinct()]}
 
 
 class Reach:
@@ -543,13 +554,21 @@ def check_and_record(
     target_name = f"{prop}[{stratum}]"
     sig = None if verdict.ok else signature(verdict, harness.layers)
     first = row is None or row["first_failure"] is None
+    if sig is not None and not final and first:
+        same = _same_bug(harness, recorder, prop, sig)
+        if same is not None:
+            recorder.known[sig] = same
     if (
         sig is not None
         and not final  # the final, shrunk failure is always saved: nothing found is lost
         and (sig in recorder.known or recorder.claimed_elsewhere(sig, claim=first))
     ):
         # A bug this run already knows: counted, not shrunk again; fuzzing goes on.
-        recorder.known[sig].hit(target_name)
+        known = recorder.known[sig]
+        if known.signature == sig:
+            known.hit(target_name)
+        else:
+            known.fold(sig, target_name)
         recorder.record(prop, stratum, sample, verdict, harness.under_test(prop), seen_again=True)
         return verdict
     recorder.record(prop, stratum, sample, verdict, harness.under_test(prop))
@@ -569,6 +588,35 @@ def check_and_record(
     raise AssertionError(
         verdict.message() + "\n" + _save(harness, prop, sample, verdict, recorder, target_name)
     )
+
+
+def _same_bug(harness: Harness, recorder: FuzzRecorder, prop: str, sig: str) -> Known | None:
+    """The failure of another property whose case fails ``prop`` with this very signature.
+
+    One bug shows through several oracles (a missing rescale fails ``error_ratio``,
+    ``packed_precision`` and ``statistics``); its shrunk case, checked by ``prop``, tells
+    whether this failure is that bug again, at the cost of one small check per known case
+    instead of a shrink. A case that fails ``prop`` otherwise, or cannot run as a ``prop``
+    sample, is another bug's: this failure is shrunk as new.
+    """
+    if sig in recorder.known or (recorder.claims is not None and recorder.claims.claimed(sig)):
+        return None
+    candidates = [k for k in recorder.distinct() if k.case]
+    if recorder.claims is not None:
+        seen = {k.signature for k in candidates}
+        candidates += [Known(c["signature"], "new", c["case"], c.get("pattern", ""))
+                       for c in recorder.claims.settled() if c["signature"] not in seen]
+    for known in candidates:
+        if known.property == prop or known.status.startswith("accepted"):
+            continue
+        try:
+            case = load_case(known.case)
+            found = harness.check(prop, case.sequences, case.extra, explain=False)
+        except Exception:
+            continue
+        if not found.ok and signature(found, harness.layers) == sig:
+            return recorder.known.setdefault(known.signature, known)
+    return None
 
 
 def _tightened(harness: Harness, prop: str, sample: Sample, verdict: Verdict, sig: str):
@@ -800,12 +848,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
                       f"{detail:<58}{tested}")
     tr.write_line(recorder.reach.describe())
     if recorder.known:
-        tr.write_line(f"distinct failures: {len(recorder.known)}", red=True)
-        for known in recorder.known.values():
+        distinct = recorder.distinct()
+        tr.write_line(f"distinct failures: {len(distinct)}", red=True)
+        for known in distinct:
             again = f"; seen again {known.seen_again} times" if known.seen_again else ""
+            also = f"; its case fails {'; '.join(known.also)} too" if known.also else ""
             tr.write_line(
                 f"  [{known.status}] {known.signature}"
-                f"{': ' + known.pattern if known.pattern else ''}; targets "
+                f"{': ' + known.pattern if known.pattern else ''}{also}; targets "
                 f"{', '.join(known.targets)}{again}; case {known.case or '-'}",
                 red=known.status == "new",
                 yellow=known.status != "new",

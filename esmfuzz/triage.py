@@ -70,6 +70,18 @@ class Known:
     pattern: str = ""
     targets: list[str] = field(default_factory=list)
     seen_again: int = 0
+    also: list[str] = field(default_factory=list)
+    """Signatures of other properties that fail on this failure's case too: the same bug,
+    seen through another oracle, folded in here instead of being shrunk again."""
+
+    @property
+    def property(self) -> str:
+        return self.signature.split(":", 1)[0]
+
+    def fold(self, sig: str, target: str) -> None:
+        if sig not in self.also:
+            self.also.append(sig)
+        self.hit(target)
 
     def hit(self, target: str) -> None:
         self.seen_again += 1
@@ -112,6 +124,18 @@ class Claims:
                                     "pattern": pattern}))
         os.replace(part, path)
 
+    def settled(self) -> list[dict]:
+        """Every claim whose winner has saved its case, in claiming order."""
+        found = []
+        for path in sorted(self.directory.glob("*.json"), key=_mtime):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("case"):
+                found.append(data)
+        return found
+
     def claimed(self, sig: str) -> bool:
         return self._path(sig).exists()
 
@@ -122,3 +146,10 @@ class Claims:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return math.inf

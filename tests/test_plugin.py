@@ -189,6 +189,22 @@ def test_a_known_bug_is_reported_once(leaky_runs):
     assert "failing: layers 1 on of 0-6 (first 1, last 6)" in first.stdout
 
 
+def test_one_bug_seen_by_two_properties_is_saved_once(tmp_path_factory, run_env):
+    """A missing token-dropout rescale fails error_ratio and statistics alike: error_ratio's
+    shrunk case fails statistics with the same signature, so statistics' failure is folded
+    into it instead of being shrunk and saved as a second bug."""
+    root = _workdir(tmp_path_factory, "fold")
+    done = fuzz(root, run_env, f"({ERROR_RATIO_SHORT}) or test_statistics", "--esm-packed-impl",
+                "tests.faults.packed:missing_token_dropout_rescale")
+    out = done.stdout
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, out
+    assert [f.parent.name for f in corpus_files(root)] == ["error_ratio"], out
+    assert "distinct failures: 1" in out, out
+    assert "its case fails statistics: statistics thresholds in the packed output too" in out
+    assert "targets error_ratio[short], statistics[mixed]" in out
+    assert "1 failed, 1 passed" in out
+
+
 # --- esmfuzz replay -------------------------------------------------------------------
 
 
@@ -408,7 +424,9 @@ def test_broken_implementation_case_is_saved_shrunk(broken_run):
 def test_xdist_workers_report_into_one_summary(tmp_path_factory, run_env):
     """Two workers; one bug in error_ratio's two targets, which xdist hands to different
     workers (three targets go round-robin): the first claims it, the other counts it as
-    seen again, so it is shrunk and saved once."""
+    seen again, so it is shrunk and saved once. finite fails on its case too: folded in
+    where that case was saved before finite failed (on the other worker it may not be yet,
+    and finite's failure is then saved as its own)."""
     root = _workdir(tmp_path_factory, "xdist")
     select = "(test_error_ratio and (short or medium)) or (test_finite and short)"
     done = fuzz(root, run_env, select, "-n", "2", "--esm-packed-impl", "tests.impls.broken:raises",
@@ -422,11 +440,14 @@ def test_xdist_workers_report_into_one_summary(tmp_path_factory, run_env):
         assert target in out, out
     report = json.loads((root / "report.json").read_text())
     assert sorted(r["property"] for r in report["rows"]) == ["error_ratio"] * 2 + ["finite"]
-    assert len(report["saved"]) == 2 == len(corpus_files(root)), out
-    assert out.count("saved corpus case:") == 2
-    assert "distinct failures: 2" in out
     [shared] = [f for f in report["failures"] if f["signature"] == "error_ratio: exception"]
-    assert sorted(shared["targets"]) == ["error_ratio[medium]", "error_ratio[short]"], shared
+    folded = shared["also"] == ["finite: exception"]
+    count = 1 if folded else 2
+    assert len(report["saved"]) == count == len(corpus_files(root)), out
+    assert out.count("saved corpus case:") == count
+    assert f"distinct failures: {count}" in out
+    assert sorted(shared["targets"]) == ["error_ratio[medium]", "error_ratio[short]"] + (
+        ["finite[short]"] if folded else []), shared
     assert shared["seen_again"] >= 1 and shared["case"].endswith(".json"), shared
     assert sum(r["failures"] for r in report["rows"] if r["property"] == "error_ratio") == 1
 

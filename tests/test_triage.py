@@ -4,7 +4,7 @@ import math
 import multiprocessing
 
 from esmfuzz.properties import Verdict
-from esmfuzz.triage import Claims, signature
+from esmfuzz.triage import Claims, Known, signature
 
 CHECKED = [0, 1, 3, 6]
 
@@ -74,3 +74,19 @@ def test_of_processes_claiming_one_signature_at_once_exactly_one_wins(tmp_path):
     assert claims.read(sig)["case"] == "corpus/error_ratio/abc.json"
     assert not claims.claim(sig) and claims.claim("finite: exception")
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".json"]
+
+
+def test_settled_claims_are_listed_for_folding_and_unsettled_ones_are_not(tmp_path):
+    claims = Claims(tmp_path)
+    assert claims.claim("error_ratio: exception") and claims.claim("finite: exception")
+    claims.settle("error_ratio: exception", case="corpus/error_ratio/x.json", pattern="")
+    assert [c["signature"] for c in claims.settled()] == ["error_ratio: exception"]
+
+
+def test_a_folded_signature_counts_on_the_failure_it_was_folded_into():
+    known = Known("error_ratio: exception", "new", "x.json")
+    assert known.property == "error_ratio"
+    known.fold("finite: exception", "finite[short]")
+    known.fold("finite: exception", "finite[long]")
+    assert known.also == ["finite: exception"] and known.seen_again == 2
+    assert known.targets == ["finite[short]", "finite[long]"]
