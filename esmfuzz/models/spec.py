@@ -1,0 +1,117 @@
+"""What a model spec, a dtype or a device option names, checked before anything loads.
+
+Parsing only: no file is read and no weights are built here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_SPEC = "synthetic:esm2_t6_8M_UR50D"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    layers: int
+    embed_dim: int
+    heads: int
+    token_dropout: bool = True
+
+    @property
+    def parameters(self) -> int:
+        """Exact parameter count of fair-esm's ``ESM2`` (lm_head tied to the embedding)."""
+        d, vocab = self.embed_dim, 33
+        attention = 4 * (d * d + d)
+        ffn = 2 * 4 * d * d + 4 * d + d
+        norms = 2 * 2 * d
+        head = d * d + d + 2 * d + vocab
+        contact = self.layers * self.heads + 1
+        return vocab * d + self.layers * (attention + ffn + norms) + 2 * d + head + contact
+
+
+ARCHITECTURES = {
+    "esm2_t6_8M_UR50D": Architecture(6, 320, 20),
+    "esm2_t12_35M_UR50D": Architecture(12, 480, 20),
+    "esm2_t30_150M_UR50D": Architecture(30, 640, 20),
+    "esm2_t33_650M_UR50D": Architecture(33, 1280, 20),
+    "esm2_t36_3B_UR50D": Architecture(36, 2560, 40),
+    "esm2_t48_15B_UR50D": Architecture(48, 5120, 40),
+}
+
+
+class ModelSpecError(ValueError):
+    """A model spec that names no model esmfuzz can load."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    text: str
+    kind: str
+    """``hub`` (a fair-esm name), ``path`` (a local .pt) or ``synthetic``."""
+    name: str
+    path: Path | None = None
+    seed: int = 0
+
+    @property
+    def architecture(self) -> Architecture | None:
+        return ARCHITECTURES.get(self.name)
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """Read ``esm2_...``, ``path/to/model.pt`` or ``synthetic:esm2_...[?seed=N]``."""
+    if not isinstance(text, str) or not text.strip():
+        raise ModelSpecError(f"model spec {text!r} is empty")
+    text = text.strip()
+    known = ", ".join(ARCHITECTURES)
+    if text.startswith("synthetic:"):
+        match = re.fullmatch(r"synthetic:([A-Za-z0-9_]+)(?:\?seed=(\d+))?", text)
+        if not match:
+            raise ModelSpecError(
+                f"model spec {text!r}: expected 'synthetic:<esm2 name>[?seed=N]', "
+                f"e.g. '{DEFAULT_SPEC}?seed=1'"
+            )
+        name, seed = match.group(1), int(match.group(2) or 0)
+        if name not in ARCHITECTURES:
+            raise ModelSpecError(f"model spec {text!r}: {name!r} is not one of {known}")
+        return ModelSpec(text, "synthetic", name, seed=seed)
+    if text.endswith(".pt") or os.sep in text:
+        path = Path(text).expanduser()
+        return ModelSpec(text, "path", path.stem, path=path)
+    if text in ARCHITECTURES:
+        return ModelSpec(text, "hub", text)
+    raise ModelSpecError(
+        f"model spec {text!r} is not a fair-esm ESM-2 name ({known}), a path to a .pt "
+        f"checkpoint, or 'synthetic:<esm2 name>[?seed=N]'"
+    )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={str(device)!r} asked for, but CUDA is not available here")
+    return device
+
+
+_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def parse_dtype(
+    name: str | torch.dtype, *, option: str = "dtype", allowed=("float16", "bfloat16", "float32")
+) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        name = str(name)[6:]
+    if name not in allowed:
+        raise ValueError(f"{option}={name!r} must be one of {', '.join(allowed)}")
+    return _DTYPES[name]
