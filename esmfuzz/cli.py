@@ -1,4 +1,4 @@
-"""The ``esmfuzz`` command: ``info``, ``replay``, ``show`` and ``known``.
+"""The ``esmfuzz`` command: ``info``, ``replay``, ``show``, ``known``, ``soak`` and ``report``.
 
 A thin layer over :mod:`esmfuzz.harness` and :mod:`esmfuzz.corpus`; nothing
 imports it.
@@ -144,6 +144,20 @@ def cmd_known(args) -> int:
     return 0
 
 
+def cmd_soak(args) -> int:
+    from esmfuzz.soak import run_soak
+
+    return run_soak(duration=args.duration, workers=args.workers, database=args.database,
+                    run_dir=args.run_dir, resume=args.resume, pytest_args=args.pytest_args)
+
+
+def cmd_report(args) -> int:
+    from esmfuzz.report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esmfuzz", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,13 +171,34 @@ def main(argv: list[str] | None = None) -> int:
     known = sub.add_parser("known", help="accept a corpus case's divergence, with a reason")
     known.add_argument("case", help="path to a corpus case (.json)")
     known.add_argument("--reason", required=True, help="why the divergence is accepted")
+    soak = sub.add_parser(
+        "soak", help="fuzz until time is up or Ctrl-C/SIGTERM; statistics, corpus and a "
+        "report in a run directory; arguments it does not know go to pytest",
+        epilog="example: esmfuzz soak --duration 8h --workers auto -- -k error_ratio "
+        "--esm-packed-impl mypkg:forward_packed")
+    soak.add_argument("--duration", help="90s, 10m, 8h or 1h30m (default 8h; with --resume: "
+                      "how much longer)")
+    soak.add_argument("--workers", default="1", help="pytest-xdist workers, one GPU each "
+                      "(cuda:i %% n): a number, or auto for one per GPU (default 1)")
+    soak.add_argument("--database", help="Hypothesis example database shared by machines: a "
+                      "directory, or redis://host:port/db")
+    soak.add_argument("--run-dir", help="where statistics and logs go (default: a new "
+                      "timestamped folder under soak-runs/)")
+    soak.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    report = sub.add_parser("report", help="write a soak run's HTML report")
+    report.add_argument("run_dir", help="a soak run directory")
+    report.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
     for p in (info, replay, show):
         p.add_argument("--device")
     for key in ("model", "dtype", "backend"):
         info.add_argument(f"--{key}")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "soak":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.pytest_args = [a for a in rest if a != "--"]
     try:
-        commands = {"info": cmd_info, "replay": cmd_replay, "show": cmd_show, "known": cmd_known}
+        commands = {"info": cmd_info, "replay": cmd_replay, "show": cmd_show, "known": cmd_known,
+                    "soak": cmd_soak, "report": cmd_report}
         return commands[args.command](args)
     except (ValueError, RuntimeError) as exc:
         print(f"esmfuzz: error: {exc}", file=sys.stderr)

@@ -12,9 +12,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 import traceback
+import unittest
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,6 +31,7 @@ from esmfuzz.corpus import Case, CorpusError, load_case, load_corpus, save_case
 from esmfuzz.harness import Config, Harness, crowd_limits, harness_for, read_pyproject
 from esmfuzz.properties import Sample, Verdict
 from esmfuzz.registry import PROPERTIES
+from esmfuzz.runlog import RunLog
 from esmfuzz.tighten import tighten
 from esmfuzz.triage import Claims, Known, signature
 
@@ -124,6 +127,41 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the per-property statistics of this run as JSON to PATH",
     )
     group.addoption(
+        "--esm-database",
+        dest="esm_database",
+        default=None,
+        metavar="URL",
+        help="Hypothesis example database: a directory, or redis://host:port/db (needs "
+        "esmfuzz[redis]); shared by the machines of a soak run (default: .hypothesis/examples "
+        "where the profile keeps one)",
+    )
+    group.addoption(
+        "--esm-claims",
+        dest="esm_claims",
+        default=None,
+        metavar="DIR",
+        help="directory where processes fuzzing one implementation claim each bug's signature, "
+        "so one of them shrinks it (xdist workers get one of their own; esmfuzz soak shares "
+        "one in the corpus)",
+    )
+    group.addoption(
+        "--esm-soak-slice",
+        dest="esm_soak_slice",
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="(esmfuzz soak) each target fuzzes for this long, then passes; SIGTERM and SIGINT "
+        "end the example in flight, save what was found and stop",
+    )
+    group.addoption(
+        "--esm-soak-log",
+        dest="esm_soak_log",
+        default=None,
+        metavar="PATH",
+        help="(esmfuzz soak) write this process's statistics as JSON to PATH ({worker} is "
+        "replaced by the xdist worker id) every 10 s and at the end",
+    )
+    group.addoption(
         "--esm-seed",
         dest="esm_seed",
         default=None,
@@ -178,6 +216,7 @@ def _config_from(pytest_config: pytest.Config, profile: str) -> Config:
             load_implementation(getattr(config, name.replace("-", "_")), option=option)
         except ImplementationError as exc:
             raise pytest.UsageError(str(exc)) from None
+    config = _pinned(config, getattr(pytest_config, "workerinput", {}).get("workerid"))
     corpus = Path(config.corpus)
     if not corpus.is_absolute():
         corpus = pytest_config.rootpath / corpus
@@ -186,6 +225,27 @@ def _config_from(pytest_config: pytest.Config, profile: str) -> Config:
     return dataclasses.replace(
         config, corpus=str(corpus), crowd_sequences=most, crowd_tokens=tokens
     )
+
+
+def _namespace(config: Config) -> str:
+    """What a claim is about: a bug of this model, dtype and implementation."""
+    return json.dumps([config.model, config.dtype, config.oracle_dtype, config.packed_impl,
+                       config.padded_impl, config.paths, config.thresholds.as_dict()],
+                      sort_keys=True)
+
+
+def _pinned(config: Config, worker: str | None) -> Config:
+    """An xdist worker on a machine with several GPUs takes ``cuda:{i % n}`` where the
+    device is ``auto`` or ``cuda``: one worker per GPU, no scheduler of esmfuzz's own."""
+    import torch
+
+    if worker is None or config.device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return config
+    count = torch.cuda.device_count()
+    if count < 2:
+        return config
+    index = int(worker.removeprefix("gw")) % count
+    return dataclasses.replace(config, device=f"cuda:{index}")
 
 
 def _preflight(config: Config, report: str | None) -> None:
@@ -234,6 +294,9 @@ def _save(harness: Harness, prop: str, sample: Sample, verdict: Verdict,
         saved = f"corpus case: {path}{'' if created else ' (already in the corpus)'}"
     pattern = verdict.layer_pattern()
     recorder.settle(sig, status=status, case=case, pattern=pattern, target=target_name)
+    if recorder.soak is not None and recorder.soak.log is not None:
+        recorder.soak.log.failure({"signature": sig, "case": case, "target": target_name,
+                                   "pattern": pattern, "status": status, "t": time.time()})
     if recorder.claims is not None:
         try:
             recorder.claims.settle(sig, case=case, pattern=pattern)
@@ -247,10 +310,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     profile = config.getoption("esm_profile") or ("ci" if os.environ.get("CI") else "quick")
     settings.load_profile(profile)
+    database = config.getoption("esm_database")
+    if database:
+        try:
+            settings.register_profile(f"{profile}+database", settings.get_profile(profile),
+                                      database=example_database(database))
+        except ValueError as exc:
+            raise pytest.UsageError(f"--esm-database: {exc}") from None
+        settings.load_profile(f"{profile}+database")
     recorder = FuzzRecorder(_config_from(config, profile), profile)
-    claims = getattr(config, "workerinput", {}).get("esmfuzz_claims")
+    claims = (getattr(config, "workerinput", {}).get("esmfuzz_claims")
+              or config.getoption("esm_claims"))
     if claims:
-        recorder.claims = Claims(claims)
+        recorder.claims = Claims(claims, namespace=_namespace(recorder.config))
+    recorder.soak = Soak.from_options(config, recorder)
     config.stash[_RECORDER] = recorder
 
 
@@ -261,7 +334,8 @@ def pytest_configure_node(node) -> None:
     if recorder is None:
         return
     if recorder.claims is None:
-        recorder.claims = Claims(tempfile.mkdtemp(prefix="esmfuzz-claims-"))
+        recorder.claims = Claims(tempfile.mkdtemp(prefix="esmfuzz-claims-"),
+                                 namespace=_namespace(recorder.config))
         recorder.owns_claims = True
     node.workerinput["esmfuzz_claims"] = str(recorder.claims.directory)
 
@@ -270,6 +344,93 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     recorder = config.stash.get(_RECORDER, None)
     if recorder is not None and recorder.owns_claims:
         shutil.rmtree(recorder.claims.directory, ignore_errors=True)
+    if recorder is not None and recorder.soak is not None:
+        recorder.soak.close()
+
+
+def example_database(url: str):
+    """Hypothesis's own database for ``url``: ``redis://...`` or a directory."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            import redis
+            from hypothesis.extra.redis import RedisExampleDatabase
+        except ImportError:
+            raise ValueError(
+                f"{url!r} needs the redis client: pip install 'esmfuzz[redis]'") from None
+        client = redis.Redis.from_url(url)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise ValueError(f"{url!r}: cannot reach the Redis server: {exc}") from None
+        return RedisExampleDatabase(client)
+    if "://" in url:
+        raise ValueError(f"{url!r} is neither a directory nor a redis:// URL")
+    return DirectoryBasedExampleDatabase(url)
+
+
+class SliceOver(unittest.SkipTest):
+    """Raised from an example to end a soak target's slice: Hypothesis re-raises skip
+    exceptions at once, without counting a failure or shrinking."""
+
+
+class Soak:
+    """A soak process's share of the run: its time slice per target, its statistics log,
+    and a stop asked for by SIGTERM or SIGINT (the example in flight ends, a failure being
+    shrunk is saved as small as it got, the statistics are written, the targets pass)."""
+
+    def __init__(self, slice_seconds: float | None, log: RunLog | None):
+        self.slice = slice_seconds
+        self.log = log
+        self.stopping = False
+        self.target_started = time.monotonic()
+        if slice_seconds is not None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._stop)
+        if log is not None:
+            log.start()
+
+    @classmethod
+    def from_options(cls, config: pytest.Config, recorder: FuzzRecorder) -> Soak | None:
+        slice_seconds = config.getoption("esm_soak_slice")
+        path = config.getoption("esm_soak_log")
+        if slice_seconds is None and path is None:
+            return None
+        if slice_seconds is not None and not (slice_seconds > 0 and math.isfinite(slice_seconds)):
+            raise pytest.UsageError(f"--esm-soak-slice {slice_seconds!r} must be a positive "
+                                    f"number of seconds")
+        worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        log = None
+        if path:
+            import torch
+
+            c = recorder.config
+            from esmfuzz.models import resolve_device
+
+            device = resolve_device(c.device)
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+            log = RunLog(path.replace("{worker}", worker), worker=worker, describe={
+                "model": c.model, "device": f"{device} ({name})", "dtype": c.dtype,
+                "packed_impl": c.packed_impl, "padded_impl": c.padded_impl,
+                "profile": recorder.profile})
+        return cls(slice_seconds, log)
+
+    def _stop(self, signum, frame) -> None:
+        self.stopping = True
+
+    def begin(self, target: str) -> None:
+        self.target_started = time.monotonic()
+        if self.log is not None:
+            self.log.begin(target)
+
+    def over(self) -> bool:
+        """The slice is spent, or a stop was asked for."""
+        return self.stopping or (
+            self.slice is not None and time.monotonic() - self.target_started > self.slice
+        )
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.stop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -306,6 +467,7 @@ class FuzzRecorder:
         self.claims: Claims | None = None
         """Shared with the other processes of the run (xdist workers), if any."""
         self.owns_claims = False
+        self.soak: Soak | None = None
         self.mine: set[str] = set()
         """Signatures this process claimed: it shrinks and saves them."""
         self._corpus_cache: tuple[list[tuple[Path, Case]], list[CorpusError]] | None = None
@@ -361,6 +523,11 @@ class FuzzRecorder:
             if not verdict.ok:
                 row["first_failure"] = row["examples"]
                 row["failed_at"] = time.monotonic()
+        if self.soak is not None and self.soak.log is not None and (
+            seen_again or row["first_failure"] in (None, row["examples"])
+        ):
+            self.soak.log.example(f"{prop}[{stratum}]", verdict, known=seen_again,
+                                  sequences=sample.sequences, variant=sample.variant)
         # A known bug seen again is listed under "distinct failures", not as this row's worst.
         if row["worst"] is None or (not seen_again and verdict.margin < row["worst"].margin):
             row["worst"] = verdict
@@ -533,15 +700,14 @@ def check_and_record(
     final = current_build_context().is_final
     budget = harness.config.shrink_seconds
     row = recorder.rows.get((prop, stratum))
-    if (
-        budget
-        and not final
-        and row is not None
-        and row.get("failed_at") is not None
-        and time.monotonic() - row["failed_at"] > budget
-    ):
-        row["shrink_cut"] = True
+    shrinking = not final and row is not None and row.get("failed_at") is not None
+    stopping = recorder.soak is not None and recorder.soak.stopping
+    if shrinking and (stopping or (budget and time.monotonic() - row["failed_at"] > budget)):
+        row["shrink_cut"] = "the soak run was stopped" if stopping else (
+            f"--esm-shrink-seconds {budget:g}")
         return None
+    if not shrinking and not final and recorder.soak is not None and recorder.soak.over():
+        raise SliceOver("the soak slice is over")
     try:
         verdict = harness.check(prop, sample, explain=final)
     except Exception as exc:  # a crash anywhere in the check is a finding too
@@ -576,9 +742,9 @@ def check_and_record(
         target(max(-verdict.margin, -1e6), label=f"{prop} margin")
     if verdict.ok:
         return verdict
-    if recorder.rows[(prop, stratum)].get("shrink_cut"):
-        verdict.notes.append(f"shrinking stopped after --esm-shrink-seconds "
-                             f"{harness.config.shrink_seconds:g}: this case may not be minimal")
+    cut = recorder.rows[(prop, stratum)].get("shrink_cut")
+    if cut:
+        verdict.notes.append(f"shrinking stopped ({cut}): this case may not be minimal")
     if not final:
         recorder.unsaved = (harness, prop, sample, verdict, target_name)
         raise AssertionError(verdict.message())
@@ -699,6 +865,9 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
     def run(prop: str, stratum: str | None = None) -> None:
         entry = PROPERTIES[prop]
         name = f"{prop}[{stratum or 'mixed'}]"
+        soak = recorder.soak
+        if soak is not None and soak.stopping:
+            pytest.skip("the soak run was stopped")
         progress = _Progress(request.config, name)
 
         def body(sample):
@@ -725,8 +894,12 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
         if chosen is not None:
             digest = hashlib.sha256(f"{chosen}:{request.node.nodeid}".encode()).digest()
             test = seed(int.from_bytes(digest[:8], "big"))(test)
+        if soak is not None:
+            soak.begin(name)
         try:
             test()
+        except SliceOver:
+            pass
         finally:
             progress.end()
 

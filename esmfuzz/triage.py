@@ -12,6 +12,8 @@ import hashlib
 import json
 import math
 import os
+import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,29 +102,54 @@ class Claims:
     finds them empty, and the controller's summary takes them from the winner's report.
     """
 
-    def __init__(self, directory: Path | str):
+    def __init__(self, directory: Path | str, *, namespace: str = ""):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.namespace = namespace
+        """What the claimants fuzz (model, dtype, implementations): a directory shared by
+        runs of other set-ups (the corpus's, in a soak) keeps their bugs apart."""
 
     def _path(self, sig: str) -> Path:
-        return self.directory / f"{hashlib.sha256(sig.encode()).hexdigest()[:16]}.json"
+        key = f"{self.namespace}\n{sig}".encode()
+        return self.directory / f"{hashlib.sha256(key).hexdigest()[:16]}.json"
+
+    def _mine(self, sig: str, **more) -> str:
+        return json.dumps({"signature": sig, "namespace": self.namespace, "pid": os.getpid(),
+                           "host": socket.gethostname(), **more})
 
     def claim(self, sig: str) -> bool:
         """True for the one process that claims ``sig`` first."""
-        try:
-            fd = os.open(self._path(sig), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as out:
-            json.dump({"signature": sig, "pid": os.getpid()}, out)
-        return True
+        for _ in range(2):
+            try:
+                fd = os.open(self._path(sig), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._drop_if_stale(sig):
+                    return False
+                continue
+            with os.fdopen(fd, "w") as out:
+                out.write(self._mine(sig))
+            return True
+        return False
 
     def settle(self, sig: str, *, case: str, pattern: str) -> None:
         path = self._path(sig)
         part = path.with_suffix(f".{os.getpid()}.part")
-        part.write_text(json.dumps({"signature": sig, "pid": os.getpid(), "case": case,
-                                    "pattern": pattern}))
+        part.write_text(self._mine(sig, case=case, pattern=pattern))
         os.replace(part, path)
+
+    def _drop_if_stale(self, sig: str) -> bool:
+        """A claim that no longer stands is moved aside, by one process only (a rename):
+        its claimant died on this host before saving a case, or its case has left the
+        corpus or is marked fixed (the bug, found again, is news)."""
+        path = self._path(sig)
+        data = self.read(sig)
+        if not data or not _stale(data):
+            return False
+        try:
+            os.rename(path, path.with_suffix(f".stale.{os.getpid()}.{time.time_ns()}"))
+        except OSError:
+            return False
+        return True
 
     def settled(self) -> list[dict]:
         """Every claim whose winner has saved its case, in claiming order."""
@@ -132,12 +159,16 @@ class Claims:
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(data, dict) and data.get("case"):
+            if isinstance(data, dict) and data.get("case") and not _stale(data) and (
+                data.get("namespace", "") == self.namespace
+            ):
                 found.append(data)
         return found
 
     def claimed(self, sig: str) -> bool:
-        return self._path(sig).exists()
+        if not self._path(sig).exists():
+            return False
+        return not self._drop_if_stale(sig)
 
     def read(self, sig: str) -> dict:
         """What the winner wrote: ``case`` and ``pattern`` once settled, else nothing."""
@@ -153,3 +184,21 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return math.inf
+
+
+def _stale(data: dict) -> bool:
+    case = data.get("case")
+    if case:
+        try:
+            return json.loads(Path(case).read_text()).get("status") == "fixed"
+        except (OSError, ValueError, AttributeError):
+            return True
+    if data.get("host") != socket.gethostname() or not isinstance(data.get("pid"), int):
+        return False
+    try:
+        os.kill(data["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -494,7 +494,7 @@ def test_shrinking_stops_after_its_budget(tmp_path_factory, run_env):
     done = fuzz(root, run_env, "test_error_ratio and medium", "--esm-packed-impl",
                 f"{IMPLS}:leaky_packed", "--esm-shrink-seconds", "0.001")
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
-    note = "shrinking stopped after --esm-shrink-seconds 0.001: this case may not be minimal"
+    note = "shrinking stopped (--esm-shrink-seconds 0.001): this case may not be minimal"
     assert note in done.stdout, done.stdout[-4000:]
     [path] = corpus_files(root)
     assert "may not be minimal" in json.loads(path.read_text())["message"]

@@ -1,7 +1,9 @@
 """Failure signatures: one bug gives one signature, two bugs two; claimed once per run."""
 
+import json
 import math
 import multiprocessing
+from pathlib import Path
 
 from esmfuzz.properties import Verdict
 from esmfuzz.triage import Claims, Known, signature
@@ -68,18 +70,46 @@ def test_of_processes_claiming_one_signature_at_once_exactly_one_wins(tmp_path):
         worker.join(timeout=60)
     assert won == [False, False, False, True]
     claims = Claims(tmp_path)
-    assert claims.claimed(sig) and not claims.claimed("finite: exception")
-    assert claims.read(sig).get("case") is None
-    claims.settle(sig, case="corpus/error_ratio/abc.json", pattern="every layer")
-    assert claims.read(sig)["case"] == "corpus/error_ratio/abc.json"
+    assert not claims.claimed("finite: exception")
+    # The winner died without saving a case: its claim no longer stands, and the bug is
+    # claimed afresh (by this process, alive, so the claim holds).
+    assert not claims.claimed(sig) and claims.claim(sig) and claims.claimed(sig)
+    case = _case(tmp_path, "open")
+    claims.settle(sig, case=str(case), pattern="every layer")
+    assert claims.read(sig)["case"] == str(case)
     assert not claims.claim(sig) and claims.claim("finite: exception")
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".json"]
+
+
+def _case(root, status: str) -> Path:
+    path = root / "corpus" / "error_ratio" / "abc.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"status": status}))
+    return path
+
+
+def test_a_claim_whose_case_is_gone_or_fixed_no_longer_stands(tmp_path):
+    claims = Claims(tmp_path / "claims")
+    sig = "error_ratio: exception"
+    case = _case(tmp_path, "open")
+    assert claims.claim(sig)
+    claims.settle(sig, case=str(case), pattern="")
+    assert claims.claimed(sig) and not claims.claim(sig)
+    case.write_text(json.dumps({"status": "fixed"}))
+    assert not claims.claimed(sig) and claims.claim(sig)
+    claims.settle(sig, case=str(case), pattern="")
+    case.unlink()
+    assert claims.claim(sig)
+
+
+def test_claims_of_other_set_ups_are_kept_apart(tmp_path):
+    ours, theirs = Claims(tmp_path, namespace="8M fp16"), Claims(tmp_path, namespace="8M bf16")
+    assert ours.claim("error_ratio: exception") and theirs.claim("error_ratio: exception")
 
 
 def test_settled_claims_are_listed_for_folding_and_unsettled_ones_are_not(tmp_path):
-    claims = Claims(tmp_path)
+    claims = Claims(tmp_path / "claims")
     assert claims.claim("error_ratio: exception") and claims.claim("finite: exception")
-    claims.settle("error_ratio: exception", case="corpus/error_ratio/x.json", pattern="")
+    claims.settle("error_ratio: exception", case=str(_case(tmp_path, "open")), pattern="")
     assert [c["signature"] for c in claims.settled()] == ["error_ratio: exception"]
 
 

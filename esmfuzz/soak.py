@@ -1,0 +1,384 @@
+"""``esmfuzz soak``: the fuzz targets under the soak profile until time is up or a stop.
+
+No scheduler of its own: each round is one ``pytest`` run of the fuzz targets
+(pytest-xdist workers for several GPUs), each target fuzzing for a time slice; rounds
+repeat until the duration is spent. Hypothesis's example database (a directory or Redis)
+carries what a round learnt to the next and to other machines; the corpus and the claims
+in it make each bug shrunk and saved once. Each process writes its statistics
+(:mod:`esmfuzz.runlog`); this runner merges them into ``statistics.json`` at least once
+a minute and shows them live.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["SoakError", "SoakRun", "parse_duration", "run_soak"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_STATS_EVERY = 30.0
+_GRACE = 120.0
+"""Seconds a stopped round may take to end its examples in flight and save what it found."""
+
+
+class SoakError(ValueError):
+    """A soak option or run directory that cannot be used; the message names it."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``10m``, ``8h``, ``1h30m`` or a plain number of seconds."""
+    value = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        seconds = float(value)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", value)
+        if not parts or "".join(n + u for n, u in parts) != value:
+            raise SoakError(f"--duration {text!r} is not a duration such as 90s, 10m, 8h or 1h30m")
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not seconds > 0:
+        raise SoakError(f"--duration {text!r} must be longer than 0")
+    return seconds
+
+
+@dataclass
+class SoakRun:
+    """``run.json``: what a run was asked to do and how far it got (``--resume`` reads it)."""
+
+    run_dir: str
+    duration: float
+    workers: str = "1"
+    database: str | None = None
+    corpus: str = "corpus"
+    pytest_args: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    elapsed: float = 0.0
+    rounds: int = 0
+    state: str = "running"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir) / "run.json"
+
+    def save(self) -> None:
+        self.updated = time.time()
+        _atomic_write(self.path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: Path | str) -> SoakRun:
+        path = Path(run_dir) / "run.json"
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except FileNotFoundError:
+            raise SoakError(f"--resume {str(run_dir)!r}: no run.json there; is it a soak "
+                            f"run directory?") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise SoakError(f"--resume {str(run_dir)!r}: run.json cannot be read: {exc}") from None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        try:
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        except Exception:
+            return 1
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise SoakError(f"--workers {text!r} must be a positive number or auto")
+    return count
+
+
+def _corpus_of(pytest_args: list[str]) -> str:
+    from esmfuzz.harness import read_pyproject
+
+    for i, arg in enumerate(pytest_args):
+        if arg == "--esm-corpus" and i + 1 < len(pytest_args):
+            return str(Path(pytest_args[i + 1]).resolve())
+        if arg.startswith("--esm-corpus="):
+            return str(Path(arg.split("=", 1)[1]).resolve())
+    return str(Path(read_pyproject().get("corpus", "corpus")).resolve())
+
+
+def _has_path(pytest_args: list[str]) -> bool:
+    return any(not a.startswith("-") and (Path(a.split("::")[0]).exists()) for a in pytest_args)
+
+
+class _Runner:
+    def __init__(self, run: SoakRun, *, out=sys.stdout, progress_every: float | None = None):
+        self.run = run
+        self.dir = Path(run.run_dir)
+        self.out = out
+        self.live = _live(out)
+        self.progress_every = progress_every or (1.0 if self.live is not None else 30.0)
+        self.stopping = False
+        self.stop_asked: float | None = None
+        self.child: subprocess.Popen | None = None
+        self.workers = _workers(run.workers)
+
+    # -- signals ------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        if self.stopping:  # a second Ctrl-C: stop now; the statistics already written stay
+            self._signal_child(signal.SIGKILL)
+            return
+        self.stopping = True
+        self.stop_asked = time.monotonic()
+        self._signal_child(signal.SIGTERM)
+
+    def _signal_child(self, sig) -> None:
+        if self.child is not None and self.child.poll() is None:
+            try:
+                os.killpg(self.child.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # -- rounds -------------------------------------------------------------------------
+    def _count_targets(self, base: list[str]) -> int:
+        done = subprocess.run([sys.executable, "-m", "pytest", *base, "--collect-only", "-q",
+                               "-p", "no:cacheprovider"], capture_output=True, text=True)
+        count = sum(1 for line in done.stdout.splitlines() if "::" in line)
+        if done.returncode != 0 or count == 0:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+            raise SoakError(f"pytest found no fuzz targets to soak in {base!r}:\n{tail}")
+        return count
+
+    def command(self, slice_seconds: float) -> list[str]:
+        round_ = self.run.rounds
+        args = list(self.run.pytest_args)
+        base = args if _has_path(args) else ["fuzz/", *args]
+        command = [sys.executable, "-m", "pytest", *base, "--esm-profile", "soak",
+                   "--esm-soak-slice", f"{slice_seconds:g}",
+                   "--esm-soak-log", str(self.dir / "logs" / f"round-{round_}-{{worker}}.json"),
+                   "--esm-claims", str(Path(self.run.corpus) / ".claims"),
+                   "-p", "no:cacheprovider", "-q"]
+        if self.run.database:
+            command += ["--esm-database", self.run.database]
+        if self.workers > 1:
+            command += ["-n", str(self.workers)]
+        return command
+
+    def main(self) -> int:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._rounds()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _rounds(self) -> int:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        self.run.state = "running"
+        self.run.save()
+        args = list(self.run.pytest_args)
+        targets = self._count_targets(args if _has_path(args) else ["fuzz/", *args])
+        self._say(f"esmfuzz soak: {targets} targets, {self.workers} worker(s), "
+                  f"{_clock(self.remaining())} to go; run directory {self.dir}")
+        while self.remaining() > 0 and not self.stopping:
+            per_worker = max(1, -(-targets // self.workers))
+            slice_seconds = min(600.0, max(5.0, self.remaining() / per_worker))
+            self._round(slice_seconds)
+            self.run.rounds += 1
+            self.run.save()
+        self.run.state = "stopped" if self.stopping else "finished"
+        self.run.save()
+        stats = self.merge()
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        self._say(summary(stats))
+        new = [f for p in stats["processes"] for f in p.get("failures", [])]
+        return 1 if new and self.run.state == "finished" else 0
+
+    def _round(self, slice_seconds: float) -> None:
+        log = (self.dir / f"pytest-round-{self.run.rounds}.log").open("w")
+        command = self.command(slice_seconds)
+        log.write("$ " + shlex.join(command) + "\n")
+        log.flush()
+        began = time.monotonic()
+        elapsed_before = self.run.elapsed
+        self.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        last_stats = last_progress = 0.0
+        deadline_hit = False
+        try:
+            while self.child.poll() is None:
+                time.sleep(0.2)
+                now = time.monotonic()
+                self.run.elapsed = elapsed_before + (now - began)
+                if self.remaining() <= 0 and not deadline_hit:
+                    deadline_hit = True
+                    self.stop_asked = self.stop_asked or now
+                    self._signal_child(signal.SIGTERM)
+                if self.stop_asked is not None and now - self.stop_asked > _GRACE:
+                    self._signal_child(signal.SIGKILL)
+                if now - last_stats >= _STATS_EVERY:
+                    last_stats = now
+                    self.run.save()
+                    self.merge()
+                if now - last_progress >= self.progress_every:
+                    last_progress = now
+                    self._progress()
+        finally:
+            log.close()
+            self.run.elapsed = elapsed_before + (time.monotonic() - began)
+            self.child = None
+        self.merge()
+
+    def remaining(self) -> float:
+        return self.run.duration - self.run.elapsed
+
+    # -- statistics and progress --------------------------------------------------------
+    def merge(self) -> dict:
+        """``statistics.json``: the run and every process's log, written atomically."""
+        processes = []
+        for path in sorted((self.dir / "logs").glob("round-*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            data["round"] = int(path.stem.split("-")[1])
+            processes.append(data)
+        stats = {"schema": 1, "run": asdict(self.run), "processes": processes}
+        _atomic_write(self.dir / "statistics.json", json.dumps(stats, sort_keys=True) + "\n")
+        return stats
+
+    def _progress(self) -> None:
+        table = progress_table(_read_logs(self.dir), self.run)
+        if self.live is not None:
+            self.live.update(table)
+        else:
+            self._say(table)
+
+    def _say(self, text: str) -> None:
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            print(text, file=self.out, flush=True)
+
+
+def _live(out):
+    """A rich live display on a terminal; plain lines every 30 s otherwise (logs, CI)."""
+    if not getattr(out, "isatty", lambda: False)():
+        return None
+    try:
+        from rich.console import Console
+        from rich.live import Live
+    except ImportError:
+        return None
+    live = Live("", console=Console(file=out), refresh_per_second=2, transient=False)
+    live.start()
+    return live
+
+
+def _read_logs(run_dir: Path) -> list[dict]:
+    out = []
+    for path in sorted((run_dir / "logs").glob("round-*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def totals(processes: list[dict]) -> dict[str, dict]:
+    """Per target, over every process and round: examples, failures, worst margin, rate."""
+    out: dict[str, dict] = {}
+    for proc in processes:
+        for name, row in proc.get("targets", {}).items():
+            t = out.setdefault(name, {"examples": 0, "failing": 0, "known": 0,
+                                      "worst_margin": None, "seconds": 0.0, "devices": set()})
+            t["examples"] += row.get("examples", 0)
+            t["failing"] += row.get("failing", 0)
+            t["known"] += row.get("known", 0)
+            margin = row.get("worst_margin")
+            if margin is not None and (t["worst_margin"] is None or margin < t["worst_margin"]):
+                t["worst_margin"] = margin
+            t["seconds"] += row.get("seconds", 0.0)
+            t["devices"].add(f"{proc.get('worker', '?')}:{proc.get('device', '?')}")
+    return out
+
+
+def progress_table(processes: list[dict], run: SoakRun) -> str:
+    rows = totals(processes)
+    failures = sum(len(p.get("failures", [])) for p in processes)
+    lines = [f"-- {_clock(run.elapsed)} run, {_clock(max(run.duration - run.elapsed, 0))} left, "
+             f"round {run.rounds}, {failures} failure(s) saved --"]
+    lines.append(f"{'target':<30}{'examples':>9}{'ex/s':>8}{'fail':>6}{'known':>7}"
+                 f"{'worst margin':>14}  workers")
+    for name, t in sorted(rows.items()):
+        rate = t["examples"] / t["seconds"] if t["seconds"] > 0 else 0.0
+        margin = "-" if t["worst_margin"] is None else f"{t['worst_margin']:.3g}"
+        lines.append(f"{name:<30}{t['examples']:>9}{rate:>8.2f}{t['failing']:>6}{t['known']:>7}"
+                     f"{margin:>14}  {', '.join(sorted(t['devices']))}")
+    return "\n".join(lines)
+
+
+def summary(stats: dict) -> str:
+    run = stats["run"]
+    processes = stats["processes"]
+    rows = totals(processes)
+    examples = sum(t["examples"] for t in rows.values())
+    failures = [f for p in processes for f in p.get("failures", [])]
+    lines = [f"esmfuzz soak {run['state']} after {_clock(run['elapsed'])} "
+             f"({run['rounds']} round(s)): {examples} examples over {len(rows)} targets; "
+             f"{len(failures)} failure(s) saved",
+             progress_table(processes, SoakRun(**run))]
+    for f in failures:
+        lines.append(f"  {f.get('target')}: {f.get('signature')}; case {f.get('case') or '-'}")
+    lines.append(f"statistics: {Path(run['run_dir']) / 'statistics.json'}; "
+                 f"report: esmfuzz report {run['run_dir']}")
+    return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def run_soak(*, duration: str | None, workers: str = "1", database: str | None = None,
+             run_dir: str | None = None, resume: str | None = None,
+             pytest_args: list[str] | None = None, out=sys.stdout,
+             progress_every: float | None = None) -> int:
+    """Start (or resume) a soak run; returns the exit status."""
+    if resume:
+        run = SoakRun.load(resume)
+        if run.state == "finished" and run.elapsed >= run.duration and not duration:
+            raise SoakError(f"--resume {resume!r}: the run already finished its "
+                            f"{_clock(run.duration)}; give --duration to extend it")
+        if duration:
+            run.duration = run.elapsed + parse_duration(duration)
+    else:
+        seconds = parse_duration(duration or "8h")
+        if run_dir is None:
+            run_dir = str(Path("soak-runs") / time.strftime("%Y%m%d-%H%M%S"))
+        path = Path(run_dir)
+        if (path / "run.json").exists():
+            raise SoakError(f"--run-dir {run_dir!r} already holds a run; --resume it, or "
+                            f"choose another directory")
+        args = list(pytest_args or [])
+        _workers(workers)
+        run = SoakRun(str(path.resolve()), seconds, workers, database, _corpus_of(args), args)
+    return _Runner(run, out=out, progress_every=progress_every).main()

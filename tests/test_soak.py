@@ -1,0 +1,263 @@
+"""``esmfuzz soak`` end to end: real soak processes on the CPU, a real SIGTERM, two
+processes sharing one example database (a directory, and a real ``redis-server``) and one
+corpus, and ``--resume``.
+
+Each soak runs the real fuzz targets through pytest against tests.impls.packed's
+``leaky_packed`` (a cross-boundary leak that error_ratio finds and shrinks in seconds),
+tests.impls.broken's ``raises``, or the correct ``loop_packed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from esmfuzz.soak import SoakError, parse_duration, run_soak
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = str(REPO / "fuzz" / "test_properties.py")
+LEAK = ("--esm-packed-impl", "tests.impls.packed:leaky_packed")
+RAISES = ("--esm-packed-impl", "tests.impls.broken:raises")
+"""Fails every example at once: two processes started together find it together, and race
+to claim it."""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    cache = os.environ.get("ESMFUZZ_CACHE") or str(tmp_path_factory.mktemp("esmfuzz-cache"))
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    out = {**os.environ, "ESMFUZZ_CACHE": cache, "PYTHONPATH": path}
+    out.pop("CI", None)
+    return out
+
+
+def soak(root: Path, env, *args: str, select: str, duration: str = "20s", options=()):
+    """A started ``esmfuzz soak`` process in ``root`` (its run directory ``root/run``)."""
+    (root / "pyproject.toml").write_text('[tool.esmfuzz]\ncorpus = "corpus"\n')
+    command = [sys.executable, "-m", "esmfuzz.cli", "soak", "--duration", duration, *args,
+               TARGETS, "-k", select, "--rootdir", str(root), "--esm-device", "cpu",
+               "--esm-corpus", str(root / "corpus"), "--esm-pack-tokens", "1027", *options]
+    return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return out
+
+
+def cases(root: Path) -> list[Path]:
+    """The corpus's cases (its .claims/ folder holds which process shrinks which bug)."""
+    return sorted(p for p in (root / "corpus").glob("*/*.json") if p.parent.name != ".claims")
+
+
+def statistics(run: Path) -> dict:
+    return json.loads((run / "statistics.json").read_text())
+
+
+# --- durations and options ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("8h", 28800),
+                                           ("1h30m", 5400), ("45", 45), ("0.5m", 30)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "8 hours", "10x", "0s", "-5m", "m"])
+def test_bad_durations_are_named(text):
+    with pytest.raises(SoakError, match=rf"--duration {text!r}"):
+        parse_duration(text)
+
+
+def test_resume_of_a_folder_without_a_run_is_an_error(tmp_path):
+    with pytest.raises(SoakError, match="no run.json there"):
+        run_soak(duration=None, resume=str(tmp_path))
+
+
+def test_a_run_dir_that_holds_a_run_is_not_reused(tmp_path):
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(SoakError, match="already holds a run"):
+        run_soak(duration="10s", run_dir=str(tmp_path))
+
+
+def test_bad_worker_count_is_named(tmp_path):
+    with pytest.raises(SoakError, match="--workers '0'"):
+        run_soak(duration="10s", workers="0", run_dir=str(tmp_path / "run"))
+
+
+# --- a correct implementation: progress, statistics, report ---------------------------
+
+
+@pytest.fixture(scope="module")
+def clean_soak(tmp_path_factory, env):
+    root = tmp_path_factory.mktemp("soak-clean")
+    out = finish(soak(root, env, "--run-dir", str(root / "run"), duration="25s",
+                      select="(error_ratio and short) or (isolation and mixed)",
+                      options=("--esm-packed-impl", "tests.impls.packed:loop_packed")))
+    return root, out
+
+
+def test_soak_shows_progress_and_ends_with_a_summary(clean_soak):
+    root, out = clean_soak
+    assert "esmfuzz soak: 2 targets, 1 worker(s)" in out, out
+    assert "esmfuzz soak finished after" in out and "0 failure(s) saved" in out, out
+    summary = out.split("esmfuzz soak finished", 1)[1]
+    for target in ("error_ratio[short]", "isolation[mixed]"):
+        line = next(x for x in summary.splitlines() if x.startswith(target))
+        examples, rate, fail = line.split()[1:4]
+        assert int(examples) >= 1 and float(rate) > 0 and fail == "0", line
+        assert "main:cpu" in line
+
+
+def test_soak_statistics_are_complete_json(clean_soak):
+    root, _ = clean_soak
+    stats = statistics(root / "run")
+    assert stats["run"]["state"] == "finished" and stats["run"]["elapsed"] >= 25
+    [proc] = stats["processes"]
+    assert proc["model"] == "synthetic:esm2_t6_8M_UR50D" and proc["profile"] == "soak"
+    row = proc["targets"]["error_ratio[short]"]
+    assert row["metric"] == "error_ratio" and row["threshold"] == 8
+    assert len(row["values"]) == row["seen"] >= 1 and max(row["values"]) < 8
+    assert len(proc["timeline"]) >= 2 and proc["coverage"]["layouts"] >= 2
+    assert cases(root) == []
+
+
+def test_report_of_a_real_soak(clean_soak):
+    from esmfuzz.report import write_report
+
+    root, _ = clean_soak
+    html = write_report(root / "run").read_text()
+    assert "error_ratio[short]" in html and "<svg" in html
+
+
+# --- a faulty implementation: saved while running; SIGTERM ----------------------------
+
+
+@pytest.fixture(scope="module")
+def stopped_soak(tmp_path_factory, env):
+    """A leaky implementation soaked for up to 10 minutes: its shrunk case appears while
+    the run goes on, then a SIGTERM stops it."""
+    root = tmp_path_factory.mktemp("soak-leak")
+    process = soak(root, env, "--run-dir", str(root / "run"), duration="10m",
+                   select="(error_ratio and short) or (finite and short)", options=LEAK)
+    seen_running = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        if cases(root):
+            seen_running = cases(root)
+            break
+        time.sleep(0.5)
+    alive = process.poll() is None
+    time.sleep(3)
+    process.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    out = finish(process)
+    return root, out, seen_running, alive, process.returncode, time.monotonic() - began
+
+
+def test_faulty_soak_saves_the_shrunk_case_while_running(stopped_soak):
+    root, out, seen_running, alive, _, _ = stopped_soak
+    assert seen_running and alive, out
+    case = json.loads(seen_running[0].read_text())
+    assert case["property"] == "error_ratio" and len(case["sequences"]) <= 3
+
+
+def test_sigterm_stops_cleanly_and_loses_nothing(stopped_soak):
+    root, out, _, _, code, took = stopped_soak
+    assert code == 0, out
+    assert took < 60, out
+    assert "esmfuzz soak stopped after" in out
+    stats = statistics(root / "run")
+    assert stats["run"]["state"] == "stopped"
+    found = [f for p in stats["processes"] for f in p["failures"]]
+    assert found and {f["case"] for f in found} <= {str(p) for p in cases(root)}
+    assert json.loads((root / "run" / "run.json").read_text())["state"] == "stopped"
+
+
+def test_resume_continues_a_stopped_run(stopped_soak, env):
+    root, *_ = stopped_soak
+    before = json.loads((root / "run" / "run.json").read_text())
+    out = finish(subprocess.Popen(
+        [sys.executable, "-m", "esmfuzz.cli", "soak", "--resume", str(root / "run"),
+         "--duration", "8s"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    after = json.loads((root / "run" / "run.json").read_text())
+    assert after["state"] == "finished", out
+    assert after["rounds"] > before["rounds"] and after["elapsed"] >= before["elapsed"] + 8
+    assert after["pytest_args"] == before["pytest_args"]
+    assert len(cases(root)) == 1, out  # the known bug is not saved again
+
+
+# --- two processes, one database and one corpus ---------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    pytest.importorskip("redis", reason="the redis client is not installed (esmfuzz[redis])")
+    import redis
+
+    port = _free_port()
+    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1",
+                                "--save", "", "--appendonly", "no",
+                                "--dir", str(tmp_path_factory.mktemp("redis"))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["directory", "redis"])
+def test_two_processes_share_one_database_and_one_corpus(kind, tmp_path, env, request):
+    database = (request.getfixturevalue("redis_url") if kind == "redis"
+                else str(tmp_path / "examples"))
+    runs = [soak(tmp_path, env, "--run-dir", str(tmp_path / f"run-{i}"), "--database", database,
+                 duration="15s", select="error_ratio and short", options=RAISES)
+            for i in range(2)]
+    outs = [finish(p) for p in runs]
+    for process, out in zip(runs, outs):
+        assert process.returncode in (0, 1), out
+    saved = cases(tmp_path)
+    assert len(saved) == 1, (saved, outs)  # one bug: one case, however many processes
+    found = [f for i in range(2) for p in statistics(tmp_path / f"run-{i}")["processes"]
+             for f in p["failures"]]
+    assert {f["case"] for f in found} == {str(saved[0])}, found
+    if kind == "redis":
+        import redis
+
+        keys = redis.Redis.from_url(database).keys("*")
+        assert keys, "the processes wrote nothing to the shared Redis database"
+    else:
+        assert any((tmp_path / "examples").rglob("*")), "nothing in the shared directory"
