@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +193,8 @@ class Harness:
         self.all_layers = list(range(layers + 1))
         self.layers = sorted({0, 1, layers // 2, layers})
         """Checked on every example; all layers are computed only to explain a failure."""
+        self.timings: Counter | None = Counter() if os.environ.get("ESMFUZZ_TIMINGS") else None
+        """Seconds per kind of forward, where ``$ESMFUZZ_TIMINGS`` is set (:meth:`_timed`)."""
         self._outputs: dict | None = None
         """Forward outputs of the :meth:`check` in progress, by call (see :meth:`_memo`)."""
         self.refused: dict[str, str] = {}
@@ -208,11 +213,31 @@ class Harness:
     def _memo(self, key: tuple, compute: Callable[[], list[dict]]) -> list[dict]:
         """``compute()`` once per key within one :meth:`check`: properties ask for the same
         forward more than once (a default implementation under test is also a baseline)."""
+        if self.timings is not None:
+            compute = self._timed(key, compute)
         if self._outputs is None:
             return compute()
         if key not in self._outputs:
             self._outputs[key] = compute()
         return self._outputs[key]
+
+    def _timed(self, key: tuple, compute: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
+        """Seconds per kind of forward (``timings``, for benchmarks/throughput.py): waits for
+        the device after each, so it costs the overlap of one forward with the next."""
+        impl = key[1]
+        kind = ("oracle" if impl is oracle_forward else
+                "under test" if impl in (self._packed, self._padded) else "baselines")
+
+        def timed():
+            start = time.perf_counter()
+            try:
+                return compute()
+            finally:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.timings[kind] += time.perf_counter() - start
+
+        return timed
 
     def _run_packed(self, impl, model, sequences: Sequence[str], layers) -> list[dict]:
         kwargs = {"timeout": self._timeout(impl, self._packed)}

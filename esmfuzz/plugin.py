@@ -708,6 +708,8 @@ def check_and_record(
         return None
     if not shrinking and not final and recorder.soak is not None and recorder.soak.over():
         raise SliceOver("the soak slice is over")
+    started = time.perf_counter()
+    phases = dict(harness.timings) if harness.timings is not None else None
     try:
         verdict = harness.check(prop, sample, explain=final)
     except Exception as exc:  # a crash anywhere in the check is a finding too
@@ -717,6 +719,9 @@ def check_and_record(
             "".join(traceback.format_exception_only(exc)).rstrip(),
             traceback.format_exception(exc),
         )
+    if recorder.soak is not None and recorder.soak.log is not None:
+        recorder.soak.log.timing(f"{prop}[{stratum}]", time.perf_counter() - started,
+                                 _spent(harness.timings, phases))
     target_name = f"{prop}[{stratum}]"
     sig = None if verdict.ok else signature(verdict, harness.layers)
     first = row is None or row["first_failure"] is None
@@ -754,6 +759,13 @@ def check_and_record(
     raise AssertionError(
         verdict.message() + "\n" + _save(harness, prop, sample, verdict, recorder, target_name)
     )
+
+
+def _spent(now: dict | None, before: dict | None) -> dict:
+    """Seconds per kind of forward since ``before`` (with ``$ESMFUZZ_TIMINGS``)."""
+    if now is None or before is None:
+        return {}
+    return {kind: now[kind] - before.get(kind, 0.0) for kind in now}
 
 
 def _same_bug(harness: Harness, recorder: FuzzRecorder, prop: str, sig: str) -> Known | None:

@@ -85,14 +85,16 @@ class RunLog:
         return self.targets.setdefault(name, {
             "examples": 0, "failing": 0, "known": 0, "worst_margin": None, "metric": "",
             "threshold": None, "values": [], "seen": 0, "first": None, "last": None,
-            "seconds": 0.0, "mark": None,
+            "seconds": 0.0, "mark": None, "residues": 0, "check_seconds": 0.0, "phases": {},
         })
 
     def begin(self, name: str) -> None:
         """Target ``name`` starts fuzzing: its examples/s counts from here (model loading,
         corpus replay and the other targets' slices are not its time)."""
         with self._lock:
-            self.target(name)["mark"] = time.time()
+            row = self.target(name)
+            row["mark"] = time.time()
+            row.setdefault("began", []).append(row["mark"])
 
     def example(self, name: str, verdict, *, known: bool, sequences=(), variant=()) -> None:
         """One generated example of target ``name`` and its verdict."""
@@ -123,7 +125,17 @@ class RunLog:
                     self._keep(row, verdict.value)
         for layout in (sequences, variant or ()):
             if layout:
-                self._cover(layout)
+                row["residues"] += self._cover(layout)
+
+    def timing(self, name: str, seconds: float, phases: dict) -> None:
+        """Time in the property's check (every call, shrinking too), and of it, seconds per
+        kind of forward where they are timed: what is left of a target's time went to
+        generating examples and to Hypothesis."""
+        with self._lock:
+            row = self.target(name)
+            row["check_seconds"] += seconds
+            for kind, spent in phases.items():
+                row["phases"][kind] = row["phases"].get(kind, 0.0) + spent
 
     def _keep(self, row: dict, value: float) -> None:
         row["seen"] += 1
@@ -135,7 +147,8 @@ class RunLog:
             if slot < _KEEP:
                 values[slot] = value
 
-    def _cover(self, layout) -> None:
+    def _cover(self, layout) -> int:
+        """Counts ``layout`` into the coverage histograms; returns its residues."""
         from esmfuzz.alphabet import MASK, RARE_RESIDUES, residue_count, split_residues
 
         lengths = [residue_count(s) for s in layout]
@@ -150,6 +163,7 @@ class RunLog:
         residues = [r for s in layout for r in split_residues(s)]
         self.with_mask += MASK in residues
         self.residues.update(r for r in residues if r in RARE_RESIDUES or r == MASK)
+        return sum(lengths)
 
     def failure(self, entry: dict) -> None:
         with self._lock:
