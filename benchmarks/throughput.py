@@ -86,7 +86,8 @@ def run(args) -> dict:
                *args.pytest_args]
     if args.workers > 1:
         command += ["-n", str(args.workers)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     env.pop("CI", None)
     if args.timings:
         env["ESMFUZZ_TIMINGS"] = "1"
@@ -98,6 +99,8 @@ def run(args) -> dict:
     if done.returncode not in (0, 1):
         sys.exit(f"pytest failed ({done.returncode}):\n{done.stdout[-4000:]}{done.stderr[-2000:]}")
     processes = [json.loads(p.read_text()) for p in sorted(logs.glob("*.json"))]
+    if not any(t["examples"] for p in processes for t in p["targets"].values()):
+        sys.exit(f"no example ran; pytest said:\n{done.stdout[-6000:]}{done.stderr[-2000:]}")
     rows = []
     for proc in processes:
         gpu = _gpu_index(proc.get("device", ""))
