@@ -92,32 +92,65 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(part, path)
 
 
-def _workers(text: str) -> int:
-    if text == "auto":
-        try:
-            import torch
+PER_GPU = 4
+"""Workers sharing one GPU under ``--workers auto``: one process keeps an H200 busy 41% of
+the time at synthetic 650M (docs/performance.md), launching kernels for small packs
+faster than it can; several processes fill the gaps. Fewer where memory or cores run out."""
 
-            return max(1, torch.cuda.device_count())
-        except Exception:
-            return 1
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise SoakError(f"--workers {text!r} must be a positive number or auto")
-    return count
+
+def _workers(text: str, pytest_args: list[str]) -> tuple[int, str]:
+    """The worker count, and why (``auto``: as many per GPU as memory, cores and
+    :data:`PER_GPU` allow; one on a machine without a GPU)."""
+    if text != "auto":
+        try:
+            count = int(text)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise SoakError(f"--workers {text!r} must be a positive number or auto")
+        return count, "as asked"
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == 0 or _option(pytest_args, "device", "auto") == "cpu":
+        return 1, "auto: no GPU in use, one worker (a CPU forward uses every core already)"
+    cores = max(1, (os.cpu_count() or 1) // gpus)
+    fit = _fitting(pytest_args)
+    per_gpu = max(1, min(PER_GPU, cores, fit))
+    return gpus * per_gpu, (f"auto: {per_gpu} per GPU on {gpus} GPU(s) (at most {PER_GPU}; "
+                            f"{cores} cores and memory for {fit} model set(s) per GPU)")
+
+
+def _fitting(pytest_args: list[str]) -> int:
+    """How many processes' model copies fit on one GPU, by esmfuzz's memory estimate."""
+    import torch
+
+    from esmfuzz.models import estimate_memory, parse_dtype, parse_spec
+
+    spec = parse_spec(_option(pytest_args, "model", "synthetic:esm2_t6_8M_UR50D"))
+    oracle = parse_dtype(_option(pytest_args, "oracle-dtype", "float64"),
+                         allowed=("float64", "float32"))
+    estimate = estimate_memory(spec, device="cuda:0", oracle_dtype=oracle,
+                               dtype=parse_dtype(_option(pytest_args, "dtype", "float16")))
+    _, total = torch.cuda.mem_get_info(0)
+    return max(1, int(0.9 * total // estimate.device_bytes))
+
+
+def _option(pytest_args: list[str], name: str, default: str) -> str:
+    """``--esm-NAME`` among the pytest arguments, else ``[tool.esmfuzz]``, else ``default``."""
+    from esmfuzz.harness import read_pyproject
+
+    flag = f"--esm-{name}"
+    for i, arg in enumerate(pytest_args):
+        if arg == flag and i + 1 < len(pytest_args):
+            return pytest_args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return str(read_pyproject().get(name, default))
 
 
 def _corpus_of(pytest_args: list[str]) -> str:
-    from esmfuzz.harness import read_pyproject
-
-    for i, arg in enumerate(pytest_args):
-        if arg == "--esm-corpus" and i + 1 < len(pytest_args):
-            return str(Path(pytest_args[i + 1]).resolve())
-        if arg.startswith("--esm-corpus="):
-            return str(Path(arg.split("=", 1)[1]).resolve())
-    return str(Path(read_pyproject().get("corpus", "corpus")).resolve())
+    return str(Path(_option(pytest_args, "corpus", "corpus")).resolve())
 
 
 def _has_path(pytest_args: list[str]) -> bool:
@@ -134,7 +167,7 @@ class _Runner:
         self.stopping = False
         self.stop_asked: float | None = None
         self.child: subprocess.Popen | None = None
-        self.workers = _workers(run.workers)
+        self.workers, self.why_workers = _workers(run.workers, run.pytest_args)
 
     # -- signals ------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -192,8 +225,9 @@ class _Runner:
         self.run.save()
         args = list(self.run.pytest_args)
         targets = self._count_targets(args if _has_path(args) else ["fuzz/", *args])
-        self._say(f"esmfuzz soak: {targets} targets, {self.workers} worker(s), "
-                  f"{_clock(self.remaining())} to go; run directory {self.dir}")
+        self._say(f"esmfuzz soak: {targets} targets, {self.workers} worker(s) "
+                  f"({self.why_workers}), {_clock(self.remaining())} to go; "
+                  f"run directory {self.dir}")
         while self.remaining() > 0 and not self.stopping:
             per_worker = max(1, -(-targets // self.workers))
             slice_seconds = min(600.0, max(5.0, self.remaining() / per_worker))
@@ -379,6 +413,6 @@ def run_soak(*, duration: str | None, workers: str = "1", database: str | None =
             raise SoakError(f"--run-dir {run_dir!r} already holds a run; --resume it, or "
                             f"choose another directory")
         args = list(pytest_args or [])
-        _workers(workers)
+        _workers(workers, args)
         run = SoakRun(str(path.resolve()), seconds, workers, database, _corpus_of(args), args)
     return _Runner(run, out=out, progress_every=progress_every).main()

@@ -101,6 +101,14 @@ def test_bad_worker_count_is_named(tmp_path):
         run_soak(duration="10s", workers="0", run_dir=str(tmp_path / "run"))
 
 
+def test_worker_counts():
+    from esmfuzz.soak import _workers
+
+    assert _workers("3", []) == (3, "as asked")
+    count, why = _workers("auto", ["--esm-device", "cpu"])
+    assert count == 1 and "no GPU in use" in why
+
+
 # --- a correct implementation: progress, statistics, report ---------------------------
 
 
@@ -115,7 +123,7 @@ def clean_soak(tmp_path_factory, env):
 
 def test_soak_shows_progress_and_ends_with_a_summary(clean_soak):
     root, out = clean_soak
-    assert "esmfuzz soak: 2 targets, 1 worker(s)" in out, out
+    assert "esmfuzz soak: 2 targets, 1 worker(s) (as asked)" in out, out
     assert "esmfuzz soak finished after" in out and "0 failure(s) saved" in out, out
     summary = out.split("esmfuzz soak finished", 1)[1]
     for target in ("error_ratio[short]", "isolation[mixed]"):
