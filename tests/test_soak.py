@@ -201,6 +201,7 @@ def test_sigterm_stops_cleanly_and_loses_nothing(stopped_soak):
 def test_resume_continues_a_stopped_run(stopped_soak, env):
     root, *_ = stopped_soak
     before = json.loads((root / "run" / "run.json").read_text())
+    before_cases = cases(root)
     out = finish(subprocess.Popen(
         [sys.executable, "-m", "esmfuzz.cli", "soak", "--resume", str(root / "run"),
          "--duration", "8s"],
@@ -209,7 +210,12 @@ def test_resume_continues_a_stopped_run(stopped_soak, env):
     assert after["state"] == "finished", out
     assert after["rounds"] > before["rounds"] and after["elapsed"] >= before["elapsed"] + 8
     assert after["pytest_args"] == before["pytest_args"]
-    assert len(cases(root)) == 1, out  # the known bug is not saved again
+    # The known bug is not saved again; the leak's second symptom (a <mask> after the
+    # first sequence changes the embedding too) may be, under its own signature.
+    claims = [json.loads(c.read_text()) for c in (root / "corpus" / ".claims").glob("*.json")]
+    assert sorted(c["case"] for c in claims) == [str(p) for p in cases(root)], out
+    assert len({c["signature"] for c in claims}) == len(claims)
+    assert str(before_cases[0]) in {c["case"] for c in claims}
 
 
 # --- two processes, one database and one corpus ---------------------------------------
