@@ -399,8 +399,9 @@ class Soak:
             raise pytest.UsageError(f"--esm-soak-slice {slice_seconds!r} must be a positive "
                                     f"number of seconds")
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        controller = worker == "main" and bool(getattr(config.option, "numprocesses", None))
         log = None
-        if path:
+        if path and not controller:  # an xdist controller runs no example
             import torch
 
             c = recorder.config
