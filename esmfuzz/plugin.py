@@ -727,7 +727,7 @@ def check_and_record(
     sig = None if verdict.ok else signature(verdict, harness.layers)
     first = row is None or row["first_failure"] is None
     if sig is not None and not final and first:
-        same = _same_bug(harness, recorder, prop, sig)
+        same = _same_bug(harness, recorder, prop, sig, sample)
         if same is not None:
             recorder.known[sig] = same
     if (
@@ -769,14 +769,17 @@ def _spent(now: dict | None, before: dict | None) -> dict:
     return {kind: now[kind] - before.get(kind, 0.0) for kind in now}
 
 
-def _same_bug(harness: Harness, recorder: FuzzRecorder, prop: str, sig: str) -> Known | None:
-    """The failure of another property whose case fails ``prop`` with this very signature.
+def _same_bug(harness: Harness, recorder: FuzzRecorder, prop: str, sig: str,
+              sample: Sample) -> Known | None:
+    """The failure of another property that this failure is the same bug as.
 
     One bug shows through several oracles (a missing rescale fails ``error_ratio``,
-    ``packed_precision`` and ``statistics``); its shrunk case, checked by ``prop``, tells
-    whether this failure is that bug again, at the cost of one small check per known case
-    instead of a shrink. A case that fails ``prop`` otherwise, or cannot run as a ``prop``
-    sample, is another bug's: this failure is shrunk as new.
+    ``packed_precision`` and ``statistics``). This failure is that bug again when the known
+    failure's shrunk case, checked by ``prop``, fails with this very signature, or when this
+    failing ``sample``, checked by the known failure's property, fails with the known
+    signature; either costs a check or two per known failure instead of a shrink. A case or
+    sample that fails otherwise, passes, or cannot run as the other property's sample
+    belongs to another bug: this failure is shrunk as new.
     """
     if sig in recorder.known or (recorder.claims is not None and recorder.claims.claimed(sig)):
         return None
@@ -788,14 +791,22 @@ def _same_bug(harness: Harness, recorder: FuzzRecorder, prop: str, sig: str) -> 
     for known in candidates:
         if known.property == prop or known.status.startswith("accepted"):
             continue
-        try:
-            case = load_case(known.case)
-            found = harness.check(prop, case.sequences, case.extra, explain=False)
-        except Exception:
-            continue
-        if not found.ok and signature(found, harness.layers) == sig:
-            return recorder.known.setdefault(known.signature, known)
+        for check, expected in ((lambda k=known: _case_under(harness, prop, k.case), sig),
+                                (lambda k=known: harness.check(k.property, sample,
+                                                               explain=False),
+                                 known.signature)):
+            try:
+                found = check()
+            except Exception:
+                continue
+            if not found.ok and signature(found, harness.layers) == expected:
+                return recorder.known.setdefault(known.signature, known)
     return None
+
+
+def _case_under(harness: Harness, prop: str, path: str) -> Verdict:
+    case = load_case(path)
+    return harness.check(prop, case.sequences, case.extra, explain=False)
 
 
 def _tightened(harness: Harness, prop: str, sample: Sample, verdict: Verdict, sig: str):
@@ -1038,7 +1049,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         tr.write_line(f"distinct failures: {len(distinct)}", red=True)
         for known in distinct:
             again = f"; seen again {known.seen_again} times" if known.seen_again else ""
-            also = f"; its case fails {'; '.join(known.also)} too" if known.also else ""
+            also = f"; also seen as {'; '.join(known.also)}" if known.also else ""
             tr.write_line(
                 f"  [{known.status}] {known.signature}"
                 f"{': ' + known.pattern if known.pattern else ''}{also}; targets "

@@ -30,6 +30,10 @@ _GRACE = 120.0
 """Seconds a stopped round may take to end its examples in flight and save what it found."""
 
 
+_BROKEN = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
+"""pytest exit codes after which another round would fail the same way."""
+
+
 class SoakError(ValueError):
     """A soak option or run directory that cannot be used; the message names it."""
 
@@ -186,26 +190,34 @@ class _Runner:
                 pass
 
     # -- rounds -------------------------------------------------------------------------
-    def _count_targets(self, base: list[str]) -> int:
-        done = subprocess.run([sys.executable, "-m", "pytest", *base, "--collect-only", "-q",
-                               "-p", "no:cacheprovider"], capture_output=True, text=True)
+    def _count_targets(self) -> int:
+        """The targets the rounds will run; a usage error (a bad option, an unreachable
+        database) ends the run here, before any round."""
+        done = subprocess.run([*self._pytest(), "--collect-only"], capture_output=True,
+                              text=True)
         count = sum(1 for line in done.stdout.splitlines() if "::" in line)
         if done.returncode != 0 or count == 0:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-            raise SoakError(f"pytest found no fuzz targets to soak in {base!r}:\n{tail}")
+            raise SoakError(f"pytest could not collect fuzz targets to soak (exit "
+                            f"{done.returncode}):\n{tail}")
         return count
 
-    def command(self, slice_seconds: float) -> list[str]:
-        round_ = self.run.rounds
+    def _pytest(self) -> list[str]:
+        """pytest on the fuzz targets (``fuzz/`` unless the arguments name a path) under the
+        soak profile, with the run's claims and database."""
         args = list(self.run.pytest_args)
         base = args if _has_path(args) else ["fuzz/", *args]
         command = [sys.executable, "-m", "pytest", *base, "--esm-profile", "soak",
-                   "--esm-soak-slice", f"{slice_seconds:g}",
-                   "--esm-soak-log", str(self.dir / "logs" / f"round-{round_}-{{worker}}.json"),
                    "--esm-claims", str(Path(self.run.corpus) / ".claims"),
                    "-p", "no:cacheprovider", "-q"]
         if self.run.database:
             command += ["--esm-database", self.run.database]
+        return command
+
+    def command(self, slice_seconds: float) -> list[str]:
+        log = self.dir / "logs" / f"round-{self.run.rounds}-{{worker}}.json"
+        command = [*self._pytest(), "--esm-soak-slice", f"{slice_seconds:g}",
+                   "--esm-soak-log", str(log)]
         if self.workers > 1:
             command += ["-n", str(self.workers)]
         return command
@@ -223,8 +235,7 @@ class _Runner:
         (self.dir / "logs").mkdir(exist_ok=True)
         self.run.state = "running"
         self.run.save()
-        args = list(self.run.pytest_args)
-        targets = self._count_targets(args if _has_path(args) else ["fuzz/", *args])
+        targets = self._count_targets()
         self._say(f"esmfuzz soak: {targets} targets, {self.workers} worker(s) "
                   f"({self.why_workers}), {_clock(self.remaining())} to go; "
                   f"run directory {self.dir}")
@@ -273,11 +284,19 @@ class _Runner:
                 if now - last_progress >= self.progress_every:
                     last_progress = now
                     self._progress()
+            code = self.child.returncode
         finally:
             log.close()
             self.run.elapsed = elapsed_before + (time.monotonic() - began)
             self.child = None
         self.merge()
+        if code in _BROKEN and self.stop_asked is None:
+            self.run.state = "error"
+            self.run.save()
+            lines = (self.dir / f"pytest-round-{self.run.rounds}.log").read_text().splitlines()
+            raise SoakError(f"round {self.run.rounds}: pytest exited {code} "
+                            f"({_BROKEN[code]}); the run stops. Its log ends:\n"
+                            + "\n".join(lines[-15:]))
 
     def remaining(self) -> float:
         return self.run.duration - self.run.elapsed

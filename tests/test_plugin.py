@@ -189,20 +189,23 @@ def test_a_known_bug_is_reported_once(leaky_runs):
     assert "failing: layers 1 on of 0-6 (first 1, last 6)" in first.stdout
 
 
-def test_one_bug_seen_by_two_properties_is_saved_once(tmp_path_factory, run_env):
-    """A missing token-dropout rescale fails error_ratio and statistics alike: error_ratio's
-    shrunk case fails statistics with the same signature, so statistics' failure is folded
-    into it instead of being shrunk and saved as a second bug."""
+def test_one_bug_seen_by_three_properties_is_saved_once(tmp_path_factory, run_env):
+    """A missing token-dropout rescale fails error_ratio, packed_precision and statistics.
+    statistics fails on error_ratio's shrunk case with its own signature; packed_precision's
+    failing example fails error_ratio with error_ratio's signature: both are the same bug,
+    folded into error_ratio's case instead of being shrunk and saved again."""
     root = _workdir(tmp_path_factory, "fold")
-    done = fuzz(root, run_env, f"({ERROR_RATIO_SHORT}) or test_statistics", "--esm-packed-impl",
+    done = fuzz(root, run_env, f"({ERROR_RATIO_SHORT}) or test_statistics or "
+                "(test_packed_precision and short)", "--esm-packed-impl",
                 "tests.faults.packed:missing_token_dropout_rescale")
     out = done.stdout
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, out
     assert [f.parent.name for f in corpus_files(root)] == ["error_ratio"], out
     assert "distinct failures: 1" in out, out
-    assert "its case fails statistics: statistics thresholds in the packed output too" in out
-    assert "targets error_ratio[short], statistics[mixed]" in out
-    assert "1 failed, 1 passed" in out
+    assert ("also seen as packed_precision: cosine thresholds in the packed output; "
+            "statistics: statistics thresholds in the packed output") in out, out
+    assert "targets error_ratio[short], packed_precision[short], statistics[mixed]" in out
+    assert "1 failed, 2 passed" in out
 
 
 # --- esmfuzz replay -------------------------------------------------------------------

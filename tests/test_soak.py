@@ -101,6 +101,16 @@ def test_bad_worker_count_is_named(tmp_path):
         run_soak(duration="10s", workers="0", run_dir=str(tmp_path / "run"))
 
 
+def test_an_unreachable_database_stops_the_run_before_any_round(tmp_path, env, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ESMFUZZ_CACHE", env["ESMFUZZ_CACHE"])
+    with pytest.raises(SoakError, match="cannot reach the Redis server"):
+        run_soak(duration="10s", run_dir=str(tmp_path / "run"), database="redis://127.0.0.1:1/0",
+                 pytest_args=[TARGETS, "-k", "error_ratio and short", "--esm-device", "cpu",
+                              "--rootdir", str(tmp_path)])
+    assert not (tmp_path / "run" / "pytest-round-0.log").exists()
+
+
 def test_worker_counts():
     from esmfuzz.soak import _workers
 
