@@ -283,7 +283,12 @@ def _is_layer(value: object, num_layers: int) -> bool:
 
 
 def load_implementation(spec: str | Callable, *, option: str = "implementation") -> Callable:
-    """Import ``module:function``; a callable passes through unchanged."""
+    """Import ``module:function``; a callable passes through unchanged.
+
+    A function with an ``esmfuzz_requires()`` attribute (the adapters) says there what it
+    needs that is missing (a kernel, a library version): a usage error before any model
+    loads, rather than a finding in every example.
+    """
     if callable(spec):
         return spec
     module_name, sep, attr = str(spec).partition(":")
@@ -302,6 +307,10 @@ def load_implementation(spec: str | Callable, *, option: str = "implementation")
         target = getattr(target, part)
     if not callable(target):
         raise ImplementationError(f"{option}={spec!r} is a {type(target).__name__}, not callable")
+    requires = getattr(target, "esmfuzz_requires", None)
+    problem = requires() if callable(requires) else None
+    if problem:
+        raise ImplementationError(f"{option}={spec!r}: {problem}")
     return target
 
 

@@ -1,0 +1,138 @@
+"""Hugging Face transformers' ``EsmModel`` behind esmfuzz's padded-forward contract.
+
+One forward per attention path of the library (``padded_forward`` is SDPA,
+``padded_forward_eager`` the eager softmax), so the implementation name in every summary
+and corpus case says which path ran. Layers follow fair-esm: 0 is the embedding output,
+``i`` block ``i``'s output, L the output after ``emb_layer_norm_after`` (transformers'
+``last_hidden_state``; its ``hidden_states[L]`` is block L before that norm).
+
+Needs ``pip install 'esmfuzz[transformers]'``; without it, naming an implementation of
+this module is a one-line usage error.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+try:
+    import transformers
+    from transformers import EsmConfig, EsmModel
+except ImportError as exc:  # the usage error names the extra (load_implementation)
+    raise ImportError(
+        "the transformers adapter needs transformers: pip install 'esmfuzz[transformers]'"
+    ) from exc
+
+__all__ = ["hf_model", "padded_forward", "padded_forward_eager", "weight_map"]
+
+_LAYER = {
+    "self_attn.q_proj": "attention.self.query",
+    "self_attn.k_proj": "attention.self.key",
+    "self_attn.v_proj": "attention.self.value",
+    "self_attn.out_proj": "attention.output.dense",
+    "self_attn_layer_norm": "attention.LayerNorm",
+    "fc1": "intermediate.dense",
+    "fc2": "output.dense",
+    "final_layer_norm": "LayerNorm",
+}
+_TOP = {
+    "embed_tokens.weight": "embeddings.word_embeddings.weight",
+    "emb_layer_norm_after.weight": "encoder.emb_layer_norm_after.weight",
+    "emb_layer_norm_after.bias": "encoder.emb_layer_norm_after.bias",
+    "contact_head.regression.weight": "contact_head.regression.weight",
+    "contact_head.regression.bias": "contact_head.regression.bias",
+    "layers.0.self_attn.rot_emb.inv_freq": "rotary_embeddings.inv_freq",
+}
+_UNUSED = ("lm_head.",)
+"""fair-esm weights with no place in ``EsmModel`` (the masked-LM head: esmfuzz computes
+logits with fair-esm's own head)."""
+
+
+def weight_map(num_layers: int) -> dict[str, str]:
+    """Every fair-esm ``ESM2`` weight that ``EsmModel`` holds, fair-esm name -> HF name."""
+    out = dict(_TOP)
+    for i in range(num_layers):
+        for fair, hf in _LAYER.items():
+            for kind in ("weight", "bias"):
+                out[f"layers.{i}.{fair}.{kind}"] = f"encoder.layer.{i}.{hf}.{kind}"
+    return out
+
+
+_MODELS: dict[tuple[int, str], tuple[weakref.ref, torch.nn.Module]] = {}
+
+
+def hf_model(model, attention: str = "sdpa") -> torch.nn.Module:
+    """transformers' ``EsmModel`` with ``model``'s weights, dtype and device; built once per
+    fair-esm model and attention path."""
+    key = (id(model), attention)
+    cached = _MODELS.get(key)
+    if cached is not None and cached[0]() is model:
+        return cached[1]
+    weight = model.embed_tokens.weight
+    config = EsmConfig(
+        vocab_size=weight.shape[0], hidden_size=model.embed_dim,
+        num_hidden_layers=model.num_layers, num_attention_heads=model.attention_heads,
+        intermediate_size=4 * model.embed_dim, max_position_embeddings=1026,
+        position_embedding_type="rotary", token_dropout=model.token_dropout,
+        mask_token_id=model.mask_idx, pad_token_id=model.padding_idx,
+        emb_layer_norm_before=False, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    config._attn_implementation = attention
+    hf = EsmModel(config, add_pooling_layer=False)
+    hf.load_state_dict(_mapped(model, hf), strict=True)
+    hf = hf.to(device=weight.device, dtype=weight.dtype).eval()
+    _MODELS[key] = (weakref.ref(model), hf)
+    return hf
+
+
+def _mapped(model, hf) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    names = weight_map(model.num_layers)
+    rotary = [k for k in state if k.endswith("rot_emb.inv_freq")]
+    left = set(state) - set(names) - set(rotary) - {k for k in state if k.startswith(_UNUSED)}
+    if left:
+        raise RuntimeError(f"fair-esm weights with no transformers name: {sorted(left)[:5]}")
+    if any(not torch.equal(state[k], state[rotary[0]]) for k in rotary):
+        raise RuntimeError("fair-esm's layers hold different rotary frequencies; "
+                           "transformers shares one table")
+    mapped = {hf_name: state[name] for name, hf_name in names.items()}
+    missing = set(hf.state_dict()) - set(mapped)
+    if missing:
+        raise RuntimeError(f"transformers weights the map does not fill: {sorted(missing)[:5]}")
+    return mapped
+
+
+def _forward(model, tokens: torch.Tensor, repr_layers, attention: str) -> dict:
+    hf = hf_model(model, attention)
+    mask = tokens.ne(model.padding_idx).long()
+    with torch.inference_mode():
+        out = hf(input_ids=tokens, attention_mask=mask, output_hidden_states=True,
+                 return_dict=True)
+    hidden = out.hidden_states
+    last = model.num_layers
+    return {layer: (out.last_hidden_state if layer == last else hidden[layer])
+            for layer in repr_layers}
+
+
+def padded_forward(model, tokens: torch.Tensor, repr_layers) -> dict:
+    """transformers ``EsmModel``, SDPA attention, on fair-esm's padded batch."""
+    return _forward(model, tokens, repr_layers, "sdpa")
+
+
+def padded_forward_eager(model, tokens: torch.Tensor, repr_layers) -> dict:
+    """transformers ``EsmModel``, eager attention, on fair-esm's padded batch."""
+    return _forward(model, tokens, repr_layers, "eager")
+
+
+def _sdpa_support() -> str | None:
+    from transformers.models.esm.modeling_esm import EsmPreTrainedModel
+
+    if getattr(EsmPreTrainedModel, "_supports_sdpa", False):
+        return None
+    return (f"transformers {transformers.__version__} has no SDPA attention for ESM; "
+            f"use padded_forward_eager, or a newer transformers")
+
+
+padded_forward.esmfuzz_requires = _sdpa_support
