@@ -513,10 +513,11 @@ class FuzzRecorder:
             {"examples": 0, "failures": 0, "first_failure": None, "worst": None,
              "under_test": under_test, "shrink_calls": 0, "seen_again": 0},
         )
+        shrinking = not seen_again and row["first_failure"] is not None
         if seen_again:
             row["examples"] += 1
             row["seen_again"] += 1
-        elif row["first_failure"] is not None:
+        elif shrinking:
             row["shrink_calls"] += 1  # after the first failure, Hypothesis is shrinking it
         else:
             row["examples"] += 1
@@ -524,9 +525,7 @@ class FuzzRecorder:
             if not verdict.ok:
                 row["first_failure"] = row["examples"]
                 row["failed_at"] = time.monotonic()
-        if self.soak is not None and self.soak.log is not None and (
-            seen_again or row["first_failure"] in (None, row["examples"])
-        ):
+        if self.soak is not None and self.soak.log is not None and not shrinking:
             self.soak.log.example(f"{prop}[{stratum}]", verdict, known=seen_again,
                                   sequences=sample.sequences, variant=sample.variant)
         # A known bug seen again is listed under "distinct failures", not as this row's worst.

@@ -205,6 +205,11 @@ def test_sigterm_stops_cleanly_and_loses_nothing(stopped_soak):
     assert stats["run"]["state"] == "stopped"
     found = [f for p in stats["processes"] for f in p["failures"]]
     assert found and {f["case"] for f in found} <= {str(p) for p in cases(root)}
+    # The statistics count generated examples, as the summary does, not shrink calls.
+    log = (root / "run" / "pytest-round-0.log").read_text()
+    row = next(line.split() for line in log.splitlines() if line.startswith("error_ratio "))
+    [proc] = [p for p in stats["processes"] if p["round"] == 0]
+    assert proc["targets"]["error_ratio[short]"]["examples"] == int(row[2]), row
     assert json.loads((root / "run" / "run.json").read_text())["state"] == "stopped"
 
 
