@@ -16,6 +16,7 @@ __all__ = [
     "STANDARD_RESIDUES",
     "SWISSPROT_FREQUENCIES",
     "InvalidSequence",
+    "layout_residues",
     "residue_count",
     "split_residues",
     "validate_sequence",
@@ -51,6 +52,13 @@ def split_residues(sequence: str) -> list[str]:
 
 def residue_count(sequence: str) -> int:
     return len(split_residues(sequence))
+
+
+def layout_residues(layout) -> tuple[list[int], list[str]]:
+    """Each sequence's residue count, and every residue of the layout in order: what the
+    reach of a run and the coverage of a soak count."""
+    split = [split_residues(s) for s in layout]
+    return [len(r) for r in split], [r for residues in split for r in residues]
 
 
 def validate_sequence(

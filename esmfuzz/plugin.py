@@ -404,9 +404,9 @@ class Soak:
         if path and not controller:  # an xdist controller runs no example
             import torch
 
-            c = recorder.config
             from esmfuzz.models import resolve_device
 
+            c = recorder.config
             device = resolve_device(c.device)
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
             log = RunLog(path.replace("{worker}", worker), worker=worker, describe={
@@ -633,16 +633,15 @@ class Reach:
         self.rare: set[str] = set()
 
     def add(self, sample: Sample) -> None:
-        from esmfuzz.alphabet import MASK, RARE_RESIDUES, split_residues
+        from esmfuzz.alphabet import MASK, RARE_RESIDUES, layout_residues
 
         for layout in (sample.sequences, sample.variant or ()):
             if not layout:
                 continue
-            lengths = [residue_count(s) for s in layout]
+            lengths, residues = layout_residues(layout)
             self.sequences = max(self.sequences, len(layout))
             self.tokens = max(self.tokens, sum(lengths) + 2 * len(lengths))
             self.longest = max(self.longest, max(lengths))
-            residues = [r for s in layout for r in split_residues(s)]
             self.masks += MASK in residues
             self.rare |= set(residues) & set(RARE_RESIDUES)
 

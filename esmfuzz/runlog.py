@@ -149,9 +149,9 @@ class RunLog:
 
     def _cover(self, layout) -> int:
         """Counts ``layout`` into the coverage histograms; returns its residues."""
-        from esmfuzz.alphabet import MASK, RARE_RESIDUES, residue_count, split_residues
+        from esmfuzz.alphabet import MASK, RARE_RESIDUES, layout_residues
 
-        lengths = [residue_count(s) for s in layout]
+        lengths, residues = layout_residues(layout)
         self.layouts += 1
         self.coverage["sequences_per_pack"][bin_of(len(lengths),
                                                    COVERAGE_BINS["sequences_per_pack"])] += 1
@@ -160,7 +160,6 @@ class RunLog:
         for length in lengths:
             self.coverage["sequence_length"][bin_of(length,
                                                     COVERAGE_BINS["sequence_length"])] += 1
-        residues = [r for s in layout for r in split_residues(s)]
         self.with_mask += MASK in residues
         self.residues.update(r for r in residues if r in RARE_RESIDUES or r == MASK)
         return sum(lengths)

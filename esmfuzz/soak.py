@@ -304,15 +304,7 @@ class _Runner:
     # -- statistics and progress --------------------------------------------------------
     def merge(self) -> dict:
         """``statistics.json``: the run and every process's log, written atomically."""
-        processes = []
-        for path in sorted((self.dir / "logs").glob("round-*.json")):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            data["round"] = int(path.stem.split("-")[1])
-            processes.append(data)
-        stats = {"schema": 1, "run": asdict(self.run), "processes": processes}
+        stats = {"schema": 1, "run": asdict(self.run), "processes": _read_logs(self.dir)}
         _atomic_write(self.dir / "statistics.json", json.dumps(stats, sort_keys=True) + "\n")
         return stats
 
@@ -345,12 +337,16 @@ def _live(out):
 
 
 def _read_logs(run_dir: Path) -> list[dict]:
+    """Every process's log (``logs/round-N-<worker>.json``), with its round; a log being
+    replaced at that instant is skipped until the next read."""
     out = []
     for path in sorted((run_dir / "logs").glob("round-*.json")):
         try:
-            out.append(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        data["round"] = int(path.stem.split("-")[1])
+        out.append(data)
     return out
 
 
