@@ -26,7 +26,7 @@ def _config(args):
 
     stored = dict(read_pyproject())
     Config.from_mapping(stored)
-    given = {k: getattr(args, k) for k in ("model", "device", "dtype", "backend")
+    given = {k: getattr(args, k) for k in ("model", "device", "dtype", "backend", "loading")
              if getattr(args, k, None)}
     return Config.from_mapping({**stored, **given}, source="command-line options")
 
@@ -35,7 +35,13 @@ def cmd_info(args) -> int:
     import torch
 
     from esmfuzz.attention import BACKENDS, backend_status, select_backend
-    from esmfuzz.models import estimate_memory, parse_dtype, parse_spec, resolve_device
+    from esmfuzz.models import (
+        InsufficientMemory,
+        parse_dtype,
+        parse_spec,
+        plan_memory,
+        resolve_device,
+    )
 
     config = _config(args)
     device = resolve_device(config.device)
@@ -59,9 +65,15 @@ def cmd_info(args) -> int:
     print(f"  {config.backend} -> {chosen}" + (f": {why}" if config.backend == "auto" else ""))
     spec = parse_spec(config.model)
     oracle = parse_dtype(config.oracle_dtype, allowed=("float64", "float32"))
-    estimate = estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=oracle)
     print(f"model      {spec.text} ({spec.kind})")
-    print(f"memory     {estimate.describe()}; {'fits' if estimate.fits else 'DOES NOT FIT'}")
+    try:
+        chosen = plan_memory(spec, device=device, dtype=dtype, oracle_dtype=oracle,
+                             loading=config.loading)
+    except InsufficientMemory as exc:
+        print(f"memory     DOES NOT FIT: {exc}")
+        return 0
+    print(f"memory     {chosen.estimate.describe()}; fits")
+    print(f"loading    {chosen.loading}: {chosen.note}")
     return 0
 
 
@@ -190,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
     for p in (info, replay, show):
         p.add_argument("--device")
-    for key in ("model", "dtype", "backend"):
+    for key in ("model", "dtype", "backend", "loading"):
         info.add_argument(f"--{key}")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "soak":

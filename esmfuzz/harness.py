@@ -37,6 +37,7 @@ from esmfuzz.forward import (
     run_padded,
 )
 from esmfuzz.models import DEFAULT_SPEC, ModelPair, model_pair, parse_dtype, resolve_device
+from esmfuzz.models.loading import LOADINGS
 from esmfuzz.properties import Sample
 
 __all__ = [
@@ -71,6 +72,10 @@ class Config:
     crowd_sequences: int = 0
     """Most sequences in a ``crowded`` pack; 0 picks 128 for quick and ci on the CPU,
     else 256."""
+    loading: str = "auto"
+    """``together`` (every copy on the device), ``sequential`` (one copy on the device at a
+    time, for models whose copies do not fit together), or ``auto`` (the memory estimate
+    decides, and the run's header says which it chose)."""
     paths: str = "auto"
     """Dtype paths the implementations under test are checked on: ``both`` (candidate dtype
     and FP32), ``candidate`` (candidate dtype only, for FP16/BF16-only kernels), or ``auto``
@@ -136,6 +141,10 @@ class Config:
         )
         if config.residues not in ("all", "standard"):
             raise ValueError(f"{source}: residues={config.residues!r} is not one of all, standard")
+        if config.loading not in LOADINGS:
+            raise ValueError(
+                f"{source}: loading={config.loading!r} is not one of {', '.join(LOADINGS)}"
+            )
         if config.paths not in PATHS:
             raise ValueError(
                 f"{source}: paths={config.paths!r} is not one of {', '.join(PATHS)}"
@@ -185,7 +194,8 @@ class Harness:
         self._packed = load_implementation(config.packed_impl, option="packed_impl")
         self._padded = load_implementation(config.padded_impl, option="padded_impl")
         self.pair: ModelPair = model_pair(
-            config.model, device=config.device, dtype=config.dtype, oracle_dtype=config.oracle_dtype
+            config.model, device=config.device, dtype=config.dtype,
+            oracle_dtype=config.oracle_dtype, loading=config.loading,
         )
         self.thresholds = config.thresholds
         self.backend = select_backend(config.backend, self.pair.device, self.pair.dtype)
@@ -210,16 +220,29 @@ class Harness:
             return self.backend
         return select_backend("auto", self.device, dtype)
 
-    def _memo(self, key: tuple, compute: Callable[[], list[dict]]) -> list[dict]:
+    def _memo(self, key: tuple, model, compute: Callable[[], list[dict]]) -> list[dict]:
         """``compute()`` once per key within one :meth:`check`: properties ask for the same
-        forward more than once (a default implementation under test is also a baseline)."""
+        forward more than once (a default implementation under test is also a baseline).
+        ``model``'s weights are brought to the device first (sequential loading)."""
         if self.timings is not None:
             compute = self._timed(key, compute)
+        compute = self._on_device(model, compute)
         if self._outputs is None:
             return compute()
         if key not in self._outputs:
             self._outputs[key] = compute()
         return self._outputs[key]
+
+    def _on_device(self, model, compute: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
+        def run():
+            shuttle = self.pair.shuttle
+            spent = shuttle.seconds if shuttle else 0.0
+            self.pair.ready(model)
+            if shuttle and self.timings is not None:
+                self.timings["loading"] += shuttle.seconds - spent
+            return compute()
+
+        return run
 
     def _timed(self, key: tuple, compute: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
         """Seconds per kind of forward (``timings``, for benchmarks/throughput.py): waits for
@@ -244,13 +267,14 @@ class Harness:
         if isinstance(impl, PackedForward):
             kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
         return self._memo(
-            ("packed", impl, id(model), tuple(sequences), tuple(sorted(layers))),
+            ("packed", impl, id(model), tuple(sequences), tuple(sorted(layers))), model,
             lambda: run_packed(impl, model, self.pair.alphabet, sequences, layers, **kwargs),
         )
 
     def _run_padded(self, impl, model, sequences: Sequence[str], layers, *, bucketed: bool):
         return self._memo(
             ("padded", impl, id(model), tuple(sequences), tuple(sorted(layers)), bucketed),
+            model,
             lambda: run_padded(impl, model, self.pair.alphabet, sequences, layers,
                                bucketed=bucketed, timeout=self._timeout(impl, self._padded)),
         )
@@ -369,6 +393,7 @@ class Harness:
 
     def with_logits(self, model, outputs: list[dict]) -> list[dict]:
         last = model.num_layers
+        self.pair.ready(model)
         with torch.inference_mode():
             return [{**out, "logits": model.lm_head(out[last])} for out in outputs]
 

@@ -44,6 +44,8 @@ _OPTIONS = {
     "dtype": "candidate dtype: float16, bfloat16 or float32",
     "oracle-dtype": "error-ratio oracle dtype: float64 (falls back to float32 if it does not fit) "
     "or float32",
+    "loading": "auto, together (every model copy on the device) or sequential (one copy on "
+    "the device at a time, for models whose copies do not fit together)",
     "backend": "attention backend of the reference packed forward: auto, flash-attn, "
     "torch-varlen or sdpa",
     "packed-impl": "packed forward under test, module:function",
@@ -262,7 +264,8 @@ def _preflight(config: Config, report: str | None) -> None:
     try:
         select_backend(config.backend, device, dtype)
         oracle = parse_dtype(config.oracle_dtype, allowed=("float64", "float32"))
-        plan_memory(parse_spec(config.model), device=device, dtype=dtype, oracle_dtype=oracle)
+        plan_memory(parse_spec(config.model), device=device, dtype=dtype, oracle_dtype=oracle,
+                    loading=config.loading)
     except (ValueError, RuntimeError, OSError) as exc:
         raise pytest.UsageError(str(exc)) from None
     if report:

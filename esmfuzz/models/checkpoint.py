@@ -75,12 +75,29 @@ def load_checkpoint(path: Path | str):
     return model.eval(), alphabet
 
 
+def read_state(path: Path | str) -> dict:
+    """The weights of a checkpoint by name, memory-mapped: shapes and dtypes, nothing read."""
+    path = Path(path)
+    data = _safe_load(path)
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a fair-esm ESM-2 checkpoint: "
+                              f"no 'model' table of weights")
+    return data["model"]
+
+
 def _safe_load(path: Path):
+    """Memory-mapped where the file allows it (zip format, every torch since 1.6): the
+    weights are paged in as the model copies them, never held twice on the host."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     try:
         with _weights_only():
-            return torch.load(str(path), map_location="cpu")
+            try:
+                return torch.load(str(path), map_location="cpu", mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(str(path), map_location="cpu")
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if not found:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from esmfuzz.models.checkpoint import CheckpointError
+from esmfuzz.models.loading import LOADINGS
 from esmfuzz.models.spec import Architecture, ModelSpec, parse_spec
 
 
@@ -29,6 +29,7 @@ class MemoryEstimate:
     available_device: int | None
     available_host: int | None
     parts: dict = field(default_factory=dict)
+    loading: str = "together"
 
     @property
     def fits(self) -> bool:
@@ -46,6 +47,8 @@ class MemoryEstimate:
             f"{self.parameters / 1e6:,.0f}M parameters; on {self.device}: {_gib(self.device_bytes)}"
         )
         text += f" ({parts})"
+        if self.loading == "sequential":
+            text += f", one copy at a time; {_gib(self.host_bytes)} on the host"
         if self.available_device is not None:
             text += f", {_gib(self.available_device)} free"
         return text
@@ -87,11 +90,14 @@ def _available(device: torch.device) -> int | None:
 
 
 def _parameters_of(spec: ModelSpec) -> int:
+    """Counted from the checkpoint's tensors (memory-mapped, nothing read): real files hold
+    float32 or float16 weights, so the file size alone is off by up to 2x."""
     if spec.architecture is not None:
         return spec.architecture.parameters
-    if spec.path is None or not spec.path.is_file():
-        raise CheckpointError(f"checkpoint {str(spec.path)!r} does not exist or is not a file")
-    return spec.path.stat().st_size // 4
+    from esmfuzz.models.checkpoint import read_state
+
+    state = read_state(spec.path)
+    return sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
 
 
 def estimate_memory(
@@ -100,6 +106,7 @@ def estimate_memory(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float16,
     oracle_dtype: torch.dtype | None = torch.float64,
+    loading: str = "together",
     max_tokens: int = 4096,
 ) -> MemoryEstimate:
     """Bytes needed for the pair before anything is loaded.
@@ -107,29 +114,51 @@ def estimate_memory(
     The workspace term is the largest attention-score block of a padded forward
     of ``max_tokens`` tokens (B x H x T x T in FP32) plus 16 activations of
     [tokens, 4D]: measured loosely, it keeps the estimate on the safe side.
+    ``together``: every copy on the device, the FP32 model it is made from on the host.
+    ``sequential``: every copy on the host, the largest on the device at a time.
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     device = torch.device(device)
     params = _parameters_of(spec)
     arch = spec.architecture or Architecture(1, 1280, 20)
-    parts = {"reference float32": params * 4, f"candidate {str(dtype)[6:]}": params * _BYTES[dtype]}
+    copies = {"reference float32": params * 4,
+              f"candidate {str(dtype)[6:]}": params * _BYTES[dtype]}
     if oracle_dtype is torch.float64:
-        parts["oracle float64"] = params * 8
+        copies["oracle float64"] = params * 8
     seq = min(max_tokens, 1024)
-    parts["workspace"] = (max_tokens // seq) * arch.heads * seq * seq * 4 * 2 + (
+    workspace = (max_tokens // seq) * arch.heads * seq * seq * 4 * 2 + (
         16 * max_tokens * 4 * arch.embed_dim * 8
     )
-    device_bytes = sum(parts.values())
-    host_bytes = 2 * params * 4 if device.type != "cpu" else device_bytes + params * 4
+    slack = 2 * 2**30
+    if loading == "sequential":
+        parts = {f"largest copy ({max(copies, key=copies.get)})": max(copies.values()),
+                 "workspace": workspace}
+        host_bytes = sum(copies.values()) + params * 4 + slack  # + the model loaded from disk
+    else:
+        parts = {**copies, "workspace": workspace}
+        host_bytes = params * 4 + slack
+        if device.type == "cpu":
+            host_bytes += sum(parts.values())
     return MemoryEstimate(
         params,
         str(device),
-        device_bytes,
+        sum(parts.values()),
         host_bytes,
         _available(device) if device.type == "cuda" else None,
         _available(torch.device("cpu")),
         parts,
+        loading,
     )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`plan` chose: the estimate, the oracle dtype, the loading mode, and why."""
+
+    estimate: MemoryEstimate
+    oracle_dtype: torch.dtype
+    loading: str
+    note: str
 
 
 def plan(
@@ -139,35 +168,50 @@ def plan(
     dtype: torch.dtype,
     oracle_dtype: torch.dtype,
     loaded: set[torch.dtype],
-) -> tuple[MemoryEstimate, torch.dtype, str]:
-    """(estimate, oracle dtype, note) of a pair whose ``loaded`` copies are already on the
-    device: a float64 oracle falls back to float32 where only that fits. Raises
+    loading: str = "auto",
+) -> Plan:
+    """The first that fits of: the oracle as asked with every copy on the device, a float32
+    oracle (where float64 was asked) with every copy on the device, then the same two
+    loading one copy at a time (``sequential``; on a GPU only, unless asked for).
+    ``loaded`` copies are already on the device (another pair's). Raises
     InsufficientMemory, with advice about what was not already tried, where nothing fits.
     """
-
-    def estimate(oracle):
-        return _still_needed(
-            estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=oracle), loaded
-        )
-
-    first = estimate(oracle_dtype)
-    if first.fits:
-        return first, oracle_dtype, f"oracle in {str(oracle_dtype)[6:]}"
-    tried = [first]
-    if oracle_dtype is torch.float64:
-        smaller = estimate(torch.float32)
-        if smaller.fits:
-            note = "oracle in float32: a float64 copy does not fit in memory"
-            return smaller, torch.float32, note
-        tried.append(smaller)
-    least = tried[-1]
-    advice = "a smaller model or another device" + (
-        "" if len(tried) > 1 or oracle_dtype is torch.float32 else ", or --esm-oracle-dtype float32"
-    )
+    if loading not in LOADINGS:
+        raise ValueError(f"loading={loading!r} is not one of {', '.join(LOADINGS)}")
+    oracles = [oracle_dtype] + ([torch.float32] if oracle_dtype is torch.float64 else [])
+    modes = {"auto": ["together"] + (["sequential"] if device.type == "cuda" else []),
+             "together": ["together"], "sequential": ["sequential"]}[loading]
+    tried = []
+    for mode in modes:
+        for oracle in oracles:
+            estimate = estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=oracle,
+                                       loading=mode)
+            if mode == "together":
+                estimate = _still_needed(estimate, loaded)
+            if estimate.fits:
+                return Plan(estimate, oracle, mode, _note(oracle, oracle_dtype, mode, tried))
+            tried.append(estimate)
+    least = min(tried, key=lambda e: e.device_bytes)
+    advice = ["a smaller model", "another device"]
+    if torch.float32 not in oracles:
+        advice.append("--esm-oracle-dtype float32")
+    if loading == "together" and device.type == "cuda":
+        advice.append("--esm-loading sequential")
     raise InsufficientMemory(
-        f"model {spec.text!r} needs about {_gib(least.device_bytes)} on {device} "
-        f"({'oracle in float32, the least tried' if len(tried) > 1 else 'as asked'}) and "
-        f"{_gib(least.host_bytes)} of host memory to load; available: device "
+        f"model {spec.text!r} needs at least {_gib(least.device_bytes)} on {device} "
+        f"({len(tried)} way(s) tried, the least: {least.describe()}) and "
+        f"{_gib(least.host_bytes)} of host memory; available: device "
         f"{_maybe_gib(least.available_device)}, host {_maybe_gib(least.available_host)}. "
-        f"Use {advice}."
+        f"Use {', '.join(advice[:-1])} or {advice[-1]}."
     )
+
+
+def _note(oracle, asked, mode, tried) -> str:
+    text = f"oracle in {str(oracle)[6:]}"
+    if oracle is not asked:
+        text += ": a float64 copy does not fit in memory"
+    if mode == "sequential":
+        text += ("; loading sequential: the copies do not fit on the device together, so "
+                 "each is brought over from the host when a forward needs it"
+                 if tried else "; loading sequential, as asked")
+    return text
