@@ -66,13 +66,36 @@ def load_checkpoint(path: Path | str):
     reg = _safe_load(regression) if regression.is_file() else None
     name = path.stem if path.stem.startswith("esm2") else f"esm2_{path.stem}"
     try:
-        model, alphabet = esm.pretrained.load_model_and_alphabet_core(name, data, reg)
+        with _no_random_init():
+            model, alphabet = esm.pretrained.load_model_and_alphabet_core(name, data, reg)
+        if reg is None:  # the one table fair-esm lets a file lack
+            model.contact_head.regression.reset_parameters()
     except (KeyError, AttributeError, TypeError, RuntimeError) as exc:
         problem = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else str(exc)
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a fair-esm ESM-2 checkpoint: {problem}"
         ) from None
     return model.eval(), alphabet
+
+
+@contextlib.contextmanager
+def _no_random_init():
+    """fair-esm builds ``ESM2`` with random weights, then overwrites every one from the file
+    (it checks that no key is missing but the contact regression): the random draws alone
+    would take minutes for a 15B model (PyTorch's CPU generator is serial)."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+
+    def keep(tensor, *args, **kwargs):
+        return tensor
+
+    for n in names:
+        setattr(torch.nn.init, n, keep)
+    try:
+        yield
+    finally:
+        for n, function in saved.items():
+            setattr(torch.nn.init, n, function)
 
 
 def read_state(path: Path | str) -> dict:
