@@ -26,7 +26,8 @@ def _config(args):
 
     stored = dict(read_pyproject())
     Config.from_mapping(stored)
-    given = {k: getattr(args, k) for k in ("model", "device", "dtype", "backend", "loading")
+    given = {k: getattr(args, k) for k in ("model", "device", "dtype", "backend", "loading",
+                                         "device_memory")
              if getattr(args, k, None)}
     return Config.from_mapping({**stored, **given}, source="command-line options")
 
@@ -68,7 +69,7 @@ def cmd_info(args) -> int:
     print(f"model      {spec.text} ({spec.kind})")
     try:
         chosen = plan_memory(spec, device=device, dtype=dtype, oracle_dtype=oracle,
-                             loading=config.loading)
+                             loading=config.loading, device_memory=config.device_memory)
     except InsufficientMemory as exc:
         print(f"memory     DOES NOT FIT: {exc}")
         return 0
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device")
     for key in ("model", "dtype", "backend", "loading"):
         info.add_argument(f"--{key}")
+    info.add_argument("--device-memory", help="GiB esmfuzz may use on the device")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "soak":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -76,6 +76,9 @@ class Config:
     """``together`` (every copy on the device), ``sequential`` (one copy on the device at a
     time, for models whose copies do not fit together), or ``auto`` (the memory estimate
     decides, and the run's header says which it chose)."""
+    device_memory: float = 0.0
+    """GiB of device memory esmfuzz may use (0: all that is free), for a GPU it shares with
+    other work; the memory plan (and the loading mode it picks) keeps within it."""
     paths: str = "auto"
     """Dtype paths the implementations under test are checked on: ``both`` (candidate dtype
     and FP32), ``candidate`` (candidate dtype only, for FP16/BF16-only kernels), or ``auto``
@@ -119,7 +122,7 @@ class Config:
                 if not isinstance(value, bool):
                     raise ValueError(f"{source}: masks={value!r} must be true or false")
                 clean[name] = value
-            elif name in ("timeout", "shrink_seconds"):
+            elif name in ("timeout", "shrink_seconds", "device_memory"):
                 option = name.replace("_", "-")
                 try:
                     clean[name] = float(value)
@@ -127,8 +130,9 @@ class Config:
                     raise ValueError(f"{source}: {option}={value!r} is not a number") from None
                 if not (math.isfinite(clean[name]) and clean[name] >= 0):
                     raise ValueError(
-                        f"{source}: {option}={value!r} must be a finite number of seconds, "
-                        f"at least 0 (0: no limit)"
+                        f"{source}: {option}={value!r} must be a finite number of "
+                        f"{'GiB' if name == 'device_memory' else 'seconds'}, at least 0 "
+                        f"(0: no limit)"
                     )
             elif name in known:
                 clean[name] = str(value)
@@ -196,6 +200,7 @@ class Harness:
         self.pair: ModelPair = model_pair(
             config.model, device=config.device, dtype=config.dtype,
             oracle_dtype=config.oracle_dtype, loading=config.loading,
+            device_memory=config.device_memory,
         )
         self.thresholds = config.thresholds
         self.backend = select_backend(config.backend, self.pair.device, self.pair.dtype)

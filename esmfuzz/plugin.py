@@ -46,6 +46,8 @@ _OPTIONS = {
     "or float32",
     "loading": "auto, together (every model copy on the device) or sequential (one copy on "
     "the device at a time, for models whose copies do not fit together)",
+    "device-memory": "GiB of device memory esmfuzz may use, for a GPU shared with other work "
+    "(default 0: all that is free)",
     "backend": "attention backend of the reference packed forward: auto, flash-attn, "
     "torch-varlen or sdpa",
     "packed-impl": "packed forward under test, module:function",
@@ -265,7 +267,7 @@ def _preflight(config: Config, report: str | None) -> None:
         select_backend(config.backend, device, dtype)
         oracle = parse_dtype(config.oracle_dtype, allowed=("float64", "float32"))
         plan_memory(parse_spec(config.model), device=device, dtype=dtype, oracle_dtype=oracle,
-                    loading=config.loading)
+                    loading=config.loading, device_memory=config.device_memory)
     except (ValueError, RuntimeError, OSError) as exc:
         raise pytest.UsageError(str(exc)) from None
     if report:

@@ -176,3 +176,22 @@ def test_sequential_on_cuda_moves_weights_off_the_device(esmfuzz_cache):
                  if m.embed_tokens.weight.device.type == "cuda"]
     assert on_device == shuttle.resident() and len(on_device) == 1
     assert pair.oracle.embed_tokens.weight.is_pinned() or pair.oracle in on_device
+
+
+def test_device_memory_limit_plans_as_on_a_smaller_gpu(monkeypatch):
+    """--esm-device-memory 40 on an H200 plans as an A100-40GB would."""
+    _fake_machine(monkeypatch, device_gib=139, host_gib=128)
+    spec, cuda = parse_spec("esm2_t36_3B_UR50D"), torch.device("cuda:0")
+    kwargs = dict(device=cuda, dtype=torch.float16, oracle_dtype=torch.float64, loaded=set(),
+                  device_limit=40 * GiB)
+    chosen = memory.plan(spec, **kwargs)
+    assert (chosen.oracle_dtype, chosen.loading) == (torch.float32, "together")
+    assert chosen.estimate.available_device == 40 * GiB
+    chosen = memory.plan(spec, **kwargs, loading="sequential")
+    assert (chosen.oracle_dtype, chosen.loading) == (torch.float64, "sequential")
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "nan"])
+def test_config_rejects_bad_device_memory(value):
+    with pytest.raises(ValueError, match=f"device-memory={value!r} must be|is not a number"):
+        Config.from_mapping({"device-memory": value})

@@ -107,6 +107,7 @@ def estimate_memory(
     dtype: torch.dtype = torch.float16,
     oracle_dtype: torch.dtype | None = torch.float64,
     loading: str = "together",
+    device_limit: int | None = None,
     max_tokens: int = 4096,
 ) -> MemoryEstimate:
     """Bytes needed for the pair before anything is loaded.
@@ -116,6 +117,7 @@ def estimate_memory(
     [tokens, 4D]: measured loosely, it keeps the estimate on the safe side.
     ``together``: every copy on the device, the FP32 model it is made from on the host.
     ``sequential``: every copy on the host, the largest on the device at a time.
+    ``device_limit``: bytes esmfuzz may use on the device, where less than is free.
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     device = torch.device(device)
@@ -139,12 +141,15 @@ def estimate_memory(
         host_bytes = params * 4 + slack
         if device.type == "cpu":
             host_bytes += sum(parts.values())
+    available = _available(device) if device.type == "cuda" else None
+    if device_limit and available is not None:
+        available = min(available, device_limit)
     return MemoryEstimate(
         params,
         str(device),
         sum(parts.values()),
         host_bytes,
-        _available(device) if device.type == "cuda" else None,
+        available,
         _available(torch.device("cpu")),
         parts,
         loading,
@@ -169,6 +174,7 @@ def plan(
     oracle_dtype: torch.dtype,
     loaded: set[torch.dtype],
     loading: str = "auto",
+    device_limit: int | None = None,
 ) -> Plan:
     """The first that fits of: the oracle as asked with every copy on the device, a float32
     oracle (where float64 was asked) with every copy on the device, then the same two
@@ -185,7 +191,7 @@ def plan(
     for mode in modes:
         for oracle in oracles:
             estimate = estimate_memory(spec, device=device, dtype=dtype, oracle_dtype=oracle,
-                                       loading=mode)
+                                       loading=mode, device_limit=device_limit)
             if mode == "together":
                 estimate = _still_needed(estimate, loaded)
             if estimate.fits:

@@ -59,13 +59,15 @@ def plan_memory(
     dtype: torch.dtype,
     oracle_dtype: torch.dtype,
     loading: str = "auto",
+    device_memory: float = 0.0,
 ) -> Plan:
     """What :func:`model_pair` would build (:func:`memory.plan`), counting only the copies
-    this process does not already hold on the device."""
+    this process does not already hold on the device, within ``device_memory`` GiB (0: all
+    that is free)."""
     loaded = {t for (text, where, t, mode) in _COPIES
               if (text, where, mode) == (spec.text, str(device), "together")}
     return plan(spec, device=device, dtype=dtype, oracle_dtype=oracle_dtype, loaded=loaded,
-                loading=loading)
+                loading=loading, device_limit=int(device_memory * 2**30) or None)
 
 
 def model_pair(
@@ -75,6 +77,7 @@ def model_pair(
     dtype: str | torch.dtype = "float16",
     oracle_dtype: str | torch.dtype = "float64",
     loading: str = "auto",
+    device_memory: float = 0.0,
 ) -> ModelPair:
     """Build (once per process) every copy before any forward pass.
 
@@ -88,11 +91,11 @@ def model_pair(
     device = resolve_device(device)
     dtype = parse_dtype(dtype)
     want_oracle = parse_dtype(oracle_dtype, option="oracle_dtype", allowed=("float64", "float32"))
-    key = (spec.text, str(device), dtype, want_oracle, loading)
+    key = (spec.text, str(device), dtype, want_oracle, loading, device_memory)
     if key in _PAIRS:
         return _PAIRS[key]
     chosen = plan_memory(spec, device=device, dtype=dtype, oracle_dtype=want_oracle,
-                         loading=loading)
+                         loading=loading, device_memory=device_memory)
     want_oracle, mode = chosen.oracle_dtype, chosen.loading
     shuttle = None
     if mode == "sequential":
