@@ -12,8 +12,6 @@ this module is a one-line usage error.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 try:
@@ -24,74 +22,42 @@ except ImportError as exc:  # the usage error names the extra (load_implementati
         "the transformers adapter needs transformers: pip install 'esmfuzz[transformers]'"
     ) from exc
 
+from esmfuzz.adapters import _hf
+
 __all__ = ["hf_model", "padded_forward", "padded_forward_eager", "weight_map"]
 
-_LAYER = {
-    "self_attn.q_proj": "attention.self.query",
-    "self_attn.k_proj": "attention.self.key",
-    "self_attn.v_proj": "attention.self.value",
-    "self_attn.out_proj": "attention.output.dense",
-    "self_attn_layer_norm": "attention.LayerNorm",
-    "fc1": "intermediate.dense",
-    "fc2": "output.dense",
-    "final_layer_norm": "LayerNorm",
-}
-_TOP = {
-    "embed_tokens.weight": "embeddings.word_embeddings.weight",
-    "emb_layer_norm_after.weight": "encoder.emb_layer_norm_after.weight",
-    "emb_layer_norm_after.bias": "encoder.emb_layer_norm_after.bias",
-    "contact_head.regression.weight": "contact_head.regression.weight",
-    "contact_head.regression.bias": "contact_head.regression.bias",
-    "layers.0.self_attn.rot_emb.inv_freq": "rotary_embeddings.inv_freq",
-}
-_UNUSED = ("lm_head.",)
-"""fair-esm weights with no place in ``EsmModel`` (the masked-LM head: esmfuzz computes
-logits with fair-esm's own head)."""
+_ROTARY = {"layers.0.self_attn.rot_emb.inv_freq": "rotary_embeddings.inv_freq"}
+"""transformers 5 keeps one rotary table for the model (fair-esm: one per layer)."""
 
 
 def weight_map(num_layers: int) -> dict[str, str]:
     """Every fair-esm ``ESM2`` weight that ``EsmModel`` holds, fair-esm name -> HF name."""
-    out = dict(_TOP)
-    for i in range(num_layers):
-        for fair, hf in _LAYER.items():
-            for kind in ("weight", "bias"):
-                out[f"layers.{i}.{fair}.{kind}"] = f"encoder.layer.{i}.{hf}.{kind}"
-    return out
+    return {**_hf.weight_map(num_layers), **_ROTARY}
 
 
-_MODELS: dict[tuple[int, str], tuple[weakref.ref, torch.nn.Module]] = {}
+_MODELS = _hf.PerModel()
 
 
 def hf_model(model, attention: str = "sdpa") -> torch.nn.Module:
     """transformers' ``EsmModel`` with ``model``'s weights, dtype and device; built once per
     fair-esm model and attention path."""
-    key = (id(model), attention)
-    cached = _MODELS.get(key)
-    if cached is not None and cached[0]() is model:
-        return cached[1]
-    weight = model.embed_tokens.weight
-    config = EsmConfig(
-        vocab_size=weight.shape[0], hidden_size=model.embed_dim,
-        num_hidden_layers=model.num_layers, num_attention_heads=model.attention_heads,
-        intermediate_size=4 * model.embed_dim, max_position_embeddings=1026,
-        position_embedding_type="rotary", token_dropout=model.token_dropout,
-        mask_token_id=model.mask_idx, pad_token_id=model.padding_idx,
-        emb_layer_norm_before=False, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    config._attn_implementation = attention
-    hf = EsmModel(config, add_pooling_layer=False)
-    hf.load_state_dict(_mapped(model, hf), strict=True)
-    hf = hf.to(device=weight.device, dtype=weight.dtype).eval()
-    _MODELS[key] = (weakref.ref(model), hf)
-    return hf
+
+    def build():
+        weight = model.embed_tokens.weight
+        config = _hf.esm_config(model, EsmConfig)
+        config._attn_implementation = attention
+        hf = EsmModel(config, add_pooling_layer=False)
+        hf.load_state_dict(_mapped(model, hf), strict=True)
+        return hf.to(device=weight.device, dtype=weight.dtype).eval()
+
+    return _MODELS.get(model, attention, build)
 
 
 def _mapped(model, hf) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     names = weight_map(model.num_layers)
     rotary = [k for k in state if k.endswith("rot_emb.inv_freq")]
-    left = set(state) - set(names) - set(rotary) - {k for k in state if k.startswith(_UNUSED)}
+    left = set(state) - set(names) - set(rotary) - {k for k in state if k.startswith(_hf.UNUSED)}
     if left:
         raise RuntimeError(f"fair-esm weights with no transformers name: {sorted(left)[:5]}")
     if any(not torch.equal(state[k], state[rotary[0]]) for k in rotary):
