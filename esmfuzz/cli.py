@@ -27,9 +27,22 @@ def _config(args):
     stored = dict(read_pyproject())
     Config.from_mapping(stored)
     given = {k: getattr(args, k) for k in ("model", "device", "dtype", "backend", "loading",
-                                         "device_memory")
+                                         "device_memory", "packed_impl", "padded_impl")
              if getattr(args, k, None)}
     return Config.from_mapping({**stored, **given}, source="command-line options")
+
+
+def _implementation(name: str, kind: str) -> str:
+    """``name``, and what runs there (the first line of its docstring: the adapters say
+    their library's attention path), or why it cannot run here."""
+    from esmfuzz.forward import ImplementationError, load_implementation
+
+    try:
+        function = load_implementation(name, option=f"{kind}_impl")
+    except ImplementationError as exc:
+        return f"{name}: unusable here: {exc}"
+    doc = " ".join((function.__doc__ or "").strip().split("\n\n")[0].split())
+    return f"{name}" + (f": {doc}" if doc else "")
 
 
 def cmd_info(args) -> int:
@@ -50,6 +63,10 @@ def cmd_info(args) -> int:
     print(f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     print(f"fair-esm   {_version('fair-esm')}")
     print(f"flash-attn {_version('flash-attn')}")
+    libraries = [f"{d} {_version(d)}" for d in ("transformers", "faesm", "esm-efficient")
+                 if _version(d) != "not installed"]
+    if libraries:
+        print(f"adapters   {', '.join(libraries)}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device     {device} ({name})")
     print(f"dtype      candidate {config.dtype}, oracle {config.oracle_dtype}")
@@ -64,6 +81,8 @@ def cmd_info(args) -> int:
         f" ({', '.join(skipped)} unavailable)" if skipped else ""
     )
     print(f"  {config.backend} -> {chosen}" + (f": {why}" if config.backend == "auto" else ""))
+    for kind in ("packed", "padded"):
+        print(f"{kind:<11}{_implementation(getattr(config, f'{kind}_impl'), kind)}")
     spec = parse_spec(config.model)
     oracle = parse_dtype(config.oracle_dtype, allowed=("float64", "float32"))
     print(f"model      {spec.text} ({spec.kind})")
@@ -206,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("model", "dtype", "backend", "loading"):
         info.add_argument(f"--{key}")
     info.add_argument("--device-memory", help="GiB esmfuzz may use on the device")
+    info.add_argument("--packed-impl", help="packed forward under test, module:function")
+    info.add_argument("--padded-impl", help="padded forward under test, module:function")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "soak":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -116,3 +116,14 @@ def test_attention_path_the_library_lacks_is_a_usage_error(monkeypatch):
     with pytest.raises(ImplementationError, match="has no SDPA attention for ESM"):
         load_implementation(PATHS[0], option="--esm-padded-impl")
     assert load_implementation(PATHS[1]) is adapter.padded_forward_eager
+
+
+def test_info_says_which_path_runs(capsys):
+    from esmfuzz import cli
+
+    assert cli.main(["info", "--device", "cpu", "--padded-impl", PATHS[1],
+                     "--packed-impl", "esmfuzz.adapters.transformers:no_such_forward"]) == 0
+    out = capsys.readouterr().out
+    assert f"padded     {PATHS[1]}: transformers ``EsmModel``, eager attention" in out
+    assert "packed     esmfuzz.adapters.transformers:no_such_forward: unusable here" in out
+    assert f"transformers {adapter.transformers.__version__}" in out
