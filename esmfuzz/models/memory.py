@@ -196,8 +196,8 @@ def plan(
                 estimate = _still_needed(estimate, loaded)
             if estimate.fits:
                 return Plan(estimate, oracle, mode, _note(oracle, oracle_dtype, mode, tried))
-            tried.append(estimate)
-    least = min(tried, key=lambda e: e.device_bytes)
+            tried.append((estimate, f"oracle {str(oracle)[6:]}, loading {mode}"))
+    least, way = min(tried, key=lambda t: t[0].device_bytes)
     advice = ["a smaller model", "another device"]
     if torch.float32 not in oracles:
         advice.append("--esm-oracle-dtype float32")
@@ -205,7 +205,7 @@ def plan(
         advice.append("--esm-loading sequential")
     raise InsufficientMemory(
         f"model {spec.text!r} needs at least {_gib(least.device_bytes)} on {device} "
-        f"({len(tried)} way(s) tried, the least: {least.describe()}) and "
+        f"(the least of {len(tried)} way(s) tried: {way}; {least.describe()}) and "
         f"{_gib(least.host_bytes)} of host memory; available: device "
         f"{_maybe_gib(least.available_device)}, host {_maybe_gib(least.available_host)}. "
         f"Use {', '.join(advice[:-1])} or {advice[-1]}."
