@@ -1,5 +1,6 @@
-"""What the adapters of libraries built on transformers' ESM modules share: the names of
-fair-esm's weights there, the config that reproduces a fair-esm model, a per-model cache."""
+"""What the adapters share: building a name map, and for the libraries built on
+transformers' ESM modules, the names of fair-esm's weights there, the config that
+reproduces a fair-esm model, a per-model cache."""
 
 from __future__ import annotations
 
@@ -30,15 +31,22 @@ UNUSED = ("lm_head.",)
 logits with fair-esm's own head)."""
 
 
+def name_map(top: dict[str, str], layer: dict[str, str], num_layers: int,
+             prefix: str) -> dict[str, str]:
+    """fair-esm name -> a library's name: ``top`` as given, and every layer's weight and bias
+    of each ``layer`` module, under ``{prefix}{i}.`` in the library."""
+    out = dict(top)
+    for i in range(num_layers):
+        for fair, theirs in layer.items():
+            for kind in ("weight", "bias"):
+                out[f"layers.{i}.{fair}.{kind}"] = f"{prefix}{i}.{theirs}.{kind}"
+    return out
+
+
 def weight_map(num_layers: int) -> dict[str, str]:
     """fair-esm name -> transformers name of every weight but the rotary frequencies (whose
     place differs between transformers 4 and 5)."""
-    out = dict(TOP)
-    for i in range(num_layers):
-        for fair, hf in LAYER.items():
-            for kind in ("weight", "bias"):
-                out[f"layers.{i}.{fair}.{kind}"] = f"encoder.layer.{i}.{hf}.{kind}"
-    return out
+    return name_map(TOP, LAYER, num_layers, "encoder.layer.")
 
 
 def esm_config(model, config_class):

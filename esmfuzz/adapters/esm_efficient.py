@@ -60,6 +60,8 @@ except ImportError as exc:  # the usage error names the extra (load_implementati
             f"{_first_line(exc)}): {_EXTRA}"
         ) from exc
 
+from esmfuzz.adapters._hf import name_map  # noqa: E402
+
 __all__ = [
     "esme_model",
     "kernel",
@@ -103,12 +105,7 @@ _VOCAB, _PAD, _MASK = 33, 1, 32  # esme's ESM2 hard-codes fair-esm's ESM-1b alph
 
 def weight_map(num_layers: int) -> dict[str, str]:
     """Every fair-esm ``ESM2`` weight that esme's ``ESM2`` holds, fair-esm name -> esme name."""
-    out = dict(_TOP)
-    for i in range(num_layers):
-        for fair, ours in _LAYER.items():
-            for kind in ("weight", "bias"):
-                out[f"layers.{i}.{fair}.{kind}"] = f"layers.{i}.{ours}.{kind}"
-    return out
+    return name_map(_TOP, _LAYER, num_layers, "layers.")
 
 
 def on_standin() -> bool:
