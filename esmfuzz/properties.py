@@ -262,6 +262,9 @@ class _Checks:
         if at_least:
             passed = value > threshold
             slack = (value - threshold) / max(abs(1.0 - threshold), 1e-12)
+        elif threshold == 0:  # a count that must be zero (``finite``): passing is full headroom
+            passed = value <= 0
+            slack = 1.0 if passed else -float(value)
         else:
             passed = value <= threshold
             slack = (threshold - value) / max(abs(threshold), 1e-30)

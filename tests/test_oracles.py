@@ -614,6 +614,7 @@ def test_finite_clean_passes():
     verdict = finite({"packed": copy_outputs(ref), "padded": copy_outputs(ref)}, ref)
     assert verdict.ok
     assert verdict.metric == "non_finite" and verdict.value == 0.0 and verdict.threshold == 0.0
+    assert verdict.margin == 1.0  # no non-finite value: full headroom, not "at the bound"
 
 
 def test_finite_nan_where_reference_finite_fails_with_count_and_token():
@@ -625,7 +626,7 @@ def test_finite_nan_where_reference_finite_fails_with_count_and_token():
     cand[1][3][2, 2] = float("nan")
     verdict = finite({"packed": copy_outputs(ref), "padded": cand}, ref)
     assert not verdict.ok
-    assert verdict.value == 4.0
+    assert verdict.value == 4.0 and verdict.margin == -4.0
     assert verdict.worst == {"layer": 3, "sequence": 1, "token": 2}
     assert verdict.first_layer == 3
     assert verdict.path == "padded"
