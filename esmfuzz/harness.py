@@ -240,11 +240,9 @@ class Harness:
 
     def _on_device(self, model, compute: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
         def run():
-            shuttle = self.pair.shuttle
-            spent = shuttle.seconds if shuttle else 0.0
-            self.pair.ready(model)
-            if shuttle and self.timings is not None:
-                self.timings["loading"] += shuttle.seconds - spent
+            moved = self.pair.ready(model)
+            if moved and self.timings is not None:
+                self.timings["loading"] += moved
             return compute()
 
         return run

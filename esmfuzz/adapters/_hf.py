@@ -49,6 +49,25 @@ def weight_map(num_layers: int) -> dict[str, str]:
     return name_map(TOP, LAYER, num_layers, "encoder.layer.")
 
 
+def strict_state(model, names: dict[str, str], target: torch.nn.Module, library: str, *,
+                 skip_prefixes: tuple[str, ...] = (), skip_suffixes: tuple[str, ...] = (),
+                 fill: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """fair-esm's weights under ``target``'s names (``names``: fair-esm -> library). Every
+    fair-esm weight is mapped or skipped on purpose, and every weight of ``target`` is filled
+    (``fill``: those no fair-esm weight stands for); anything else is an error naming it."""
+    state = model.state_dict()
+    left = {k for k in state if k not in names
+            and not k.startswith(skip_prefixes) and not k.endswith(skip_suffixes)}
+    if left:
+        raise RuntimeError(f"fair-esm weights with no {library} name: {sorted(left)[:5]}")
+    mapped = {theirs: state[name] for name, theirs in names.items()}
+    mapped.update(fill or {})
+    missing = set(target.state_dict()) - set(mapped)
+    if missing:
+        raise RuntimeError(f"{library} weights the map does not fill: {sorted(missing)[:5]}")
+    return mapped
+
+
 def esm_config(model, config_class):
     """An ``EsmConfig`` (``config_class``) of ``model``'s architecture, built locally."""
     weight = model.embed_tokens.weight

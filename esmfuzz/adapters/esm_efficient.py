@@ -27,8 +27,6 @@ module is a one-line usage error.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 _EXTRA = "pip install 'esmfuzz[esm-efficient]'"
@@ -60,7 +58,7 @@ except ImportError as exc:  # the usage error names the extra (load_implementati
             f"{_first_line(exc)}): {_EXTRA}"
         ) from exc
 
-from esmfuzz.adapters._hf import name_map  # noqa: E402
+from esmfuzz.adapters._hf import PerModel, name_map, strict_state  # noqa: E402
 
 __all__ = [
     "esme_model",
@@ -125,7 +123,7 @@ def kernel() -> str:
     return f"flash_attn {getattr(flash_attn, '__version__', '?')}"
 
 
-_MODELS: dict[int, tuple[weakref.ref, torch.nn.Module]] = {}
+_MODELS = PerModel()
 
 
 def esme_model(model) -> torch.nn.Module:
@@ -134,19 +132,19 @@ def esme_model(model) -> torch.nn.Module:
     if _NO_FLASH:
         raise RuntimeError(_NO_FLASH)
     weight = model.embed_tokens.weight
-    cached = _MODELS.get(id(model))
-    if cached is not None and cached[0]() is model:
-        es = cached[1]
-        if es.embed_tokens.weight.device != weight.device:
-            es.to(weight.device)
+
+    def build():
+        _check_compatible(model)
+        es = _EsmeESM2(num_layers=model.num_layers, embed_dim=model.embed_dim,
+                       attention_heads=model.attention_heads, dtype=weight.dtype)
+        # built in the model's dtype, then the load copies: float64 weights stay exact
+        es = es.to(device=weight.device).eval()
+        es.load_state_dict(_mapped(model, es), strict=True)
         return es
-    _check_compatible(model)
-    es = _EsmeESM2(num_layers=model.num_layers, embed_dim=model.embed_dim,
-                   attention_heads=model.attention_heads, dtype=weight.dtype)
-    # built in the model's dtype, then the load copies: float64 weights stay exact
-    es = es.to(device=weight.device).eval()
-    es.load_state_dict(_mapped(model, es), strict=True)
-    _MODELS[id(model)] = (weakref.ref(model), es)
+
+    es = _MODELS.get(model, None, build)
+    if es.embed_tokens.weight.device != weight.device:
+        es.to(weight.device)
     return es
 
 
@@ -161,20 +159,12 @@ def _check_compatible(model) -> None:
 
 
 def _mapped(model, es) -> dict[str, torch.Tensor]:
+    mapped = strict_state(model, weight_map(model.num_layers), es, "esme",
+                          skip_prefixes=_UNUSED, skip_suffixes=(_RECOMPUTED,))
     state = model.state_dict()
-    names = weight_map(model.num_layers)
-    rotary = [k for k in state if k.endswith(_RECOMPUTED)]
-    left = (set(state) - set(names) - set(rotary)
-            - {k for k in state if k.startswith(_UNUSED)})
-    if left:
-        raise RuntimeError(f"fair-esm weights with no esme name: {sorted(left)[:5]}")
-    mapped = {ours: state[name] for name, ours in names.items()}
-    own = es.state_dict()
-    missing = set(own) - set(mapped)
-    if missing:
-        raise RuntimeError(f"esme weights the map does not fill: {sorted(missing)[:5]}")
     theirs = es.layers[0].self_attn.rot_emb._compute_inv_freq()
-    for name in rotary:  # compared in the model's dtype: fair-esm holds them in it
+    for name in (k for k in state if k.endswith(_RECOMPUTED)):
+        # compared in the model's dtype: fair-esm holds them in it
         if not torch.equal(state[name].cpu(), theirs.to(state[name].dtype)):
             raise RuntimeError(f"fair-esm's {name} differs from the rotary frequencies esme "
                                f"computes")

@@ -99,18 +99,11 @@ def faesm_model(model, flash: bool = False) -> torch.nn.Module:
 
 
 def _mapped(model, fa) -> dict[str, torch.Tensor]:
-    state = model.state_dict()
-    names = weight_map(model.num_layers)
-    left = set(state) - set(names) - {k for k in state if k.startswith(_hf.UNUSED)}
-    if left:
-        raise RuntimeError(f"fair-esm weights with no FAESM name: {sorted(left)[:5]}")
-    mapped = {fa_name: state[name] for name, fa_name in names.items()}
     own = fa.state_dict()
-    mapped.update({name: torch.zeros_like(own[name]) for name in _UNREAD if name in own})
-    missing = set(own) - set(mapped)
-    if missing:
-        raise RuntimeError(f"FAESM weights the map does not fill: {sorted(missing)[:5]}")
-    return mapped
+    return _hf.strict_state(model, weight_map(model.num_layers), fa, "FAESM",
+                            skip_prefixes=_hf.UNUSED,
+                            fill={name: torch.zeros_like(own[name]) for name in _UNREAD
+                                  if name in own})
 
 
 def _forward(model, tokens: torch.Tensor, repr_layers, flash: bool) -> dict:

@@ -54,19 +54,13 @@ def hf_model(model, attention: str = "sdpa") -> torch.nn.Module:
 
 
 def _mapped(model, hf) -> dict[str, torch.Tensor]:
+    mapped = _hf.strict_state(model, weight_map(model.num_layers), hf, "transformers",
+                              skip_prefixes=_hf.UNUSED, skip_suffixes=("rot_emb.inv_freq",))
     state = model.state_dict()
-    names = weight_map(model.num_layers)
     rotary = [k for k in state if k.endswith("rot_emb.inv_freq")]
-    left = set(state) - set(names) - set(rotary) - {k for k in state if k.startswith(_hf.UNUSED)}
-    if left:
-        raise RuntimeError(f"fair-esm weights with no transformers name: {sorted(left)[:5]}")
     if any(not torch.equal(state[k], state[rotary[0]]) for k in rotary):
         raise RuntimeError("fair-esm's layers hold different rotary frequencies; "
                            "transformers shares one table")
-    mapped = {hf_name: state[name] for name, hf_name in names.items()}
-    missing = set(hf.state_dict()) - set(mapped)
-    if missing:
-        raise RuntimeError(f"transformers weights the map does not fill: {sorted(missing)[:5]}")
     return mapped
 
 

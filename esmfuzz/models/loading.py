@@ -48,7 +48,6 @@ class Shuttle:
         self.capacity = capacity
         """Bytes of weights the device may hold at once (free memory less the workspace)."""
         self.loads = 0
-        self.seconds = 0.0
         self._resident: list[torch.nn.Module] = []
         self._slots: dict[int, list[tuple[dict, str, torch.Tensor]]] = {}
 
@@ -79,14 +78,15 @@ class Shuttle:
         """The copies now on the device, least recently used first."""
         return list(self._resident)
 
-    def ready(self, model: torch.nn.Module) -> None:
-        """Make ``model``'s weights live on the device before a forward uses them."""
+    def ready(self, model: torch.nn.Module) -> float:
+        """Make ``model``'s weights live on the device before a forward uses them; the
+        seconds spent moving weights (0 where they were there)."""
         if id(model) not in self._slots:
-            return
+            return 0.0
         if model in self._resident:
             self._resident.remove(model)
             self._resident.append(model)
-            return
+            return 0.0
         start = time.perf_counter()
         need = self.nbytes(model)
         while self._resident and sum(map(self.nbytes, self._resident)) + need > self.capacity:
@@ -96,7 +96,7 @@ class Shuttle:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.loads += 1
-        self.seconds += time.perf_counter() - start
+        return time.perf_counter() - start
 
     def _move(self, model: torch.nn.Module, *, to_device: bool) -> None:
         for table, name, host in self._slots[id(model)]:

@@ -5,6 +5,7 @@ A model too big for the device then fails once, with advice, instead of out of m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -94,9 +95,18 @@ def _parameters_of(spec: ModelSpec) -> int:
     float32 or float16 weights, so the file size alone is off by up to 2x."""
     if spec.architecture is not None:
         return spec.architecture.parameters
+    path = spec.path
+    stat = path.stat() if path is not None and path.is_file() else None
+    return _file_parameters(str(path), stat and (stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _file_parameters(path: str, version: tuple[int, int] | None) -> int:
+    """Once per file and version: a plan tries up to four estimates, and the plugin's
+    preflight plans before the pair does."""
     from esmfuzz.models.checkpoint import read_state
 
-    state = read_state(spec.path)
+    state = read_state(path)
     return sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
 
 

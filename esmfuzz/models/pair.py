@@ -38,11 +38,11 @@ class ModelPair:
     def num_layers(self) -> int:
         return self.reference.num_layers
 
-    def ready(self, model: torch.nn.Module) -> None:
+    def ready(self, model: torch.nn.Module) -> float:
         """Call before a forward of ``model``: under sequential loading, brings its weights
-        to the device (evicting others); otherwise they are there already."""
-        if self.shuttle is not None:
-            self.shuttle.ready(model)
+        to the device (evicting others); otherwise they are there already. The seconds spent
+        moving weights."""
+        return self.shuttle.ready(model) if self.shuttle is not None else 0.0
 
 
 _PAIRS: dict[tuple, ModelPair] = {}
