@@ -26,8 +26,10 @@ from hypothesis import HealthCheck, Phase, event, example, given, seed, settings
 from hypothesis.control import current_build_context
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from esmfuzz import edges
 from esmfuzz.alphabet import residue_count
 from esmfuzz.corpus import Case, CorpusError, load_case, load_corpus, save_case
+from esmfuzz.edges import Scope
 from esmfuzz.harness import Config, Harness, crowd_limits, harness_for, read_pyproject
 from esmfuzz.properties import Sample, Verdict
 from esmfuzz.registry import PROPERTIES
@@ -35,7 +37,7 @@ from esmfuzz.runlog import RunLog
 from esmfuzz.tighten import tighten
 from esmfuzz.triage import Claims, Known, signature
 
-__all__ = ["FuzzRecorder", "PROFILES", "check_and_record", "stratum_of_layout"]
+__all__ = ["FuzzRecorder", "PROFILES", "check_and_record", "seeded", "stratum_of_layout"]
 
 PROFILES = ("quick", "ci", "dev", "soak")
 _OPTIONS = {
@@ -512,13 +514,17 @@ class FuzzRecorder:
             known.targets.append(target)
 
     def record(self, prop: str, stratum: str, sample: Sample, verdict: Verdict,
-               under_test: list[str], *, seen_again: bool = False) -> None:
+               under_test: list[str], *, scope: Scope, seen_again: bool = False) -> None:
         row = self.rows.setdefault(
             (prop, stratum),
             {"examples": 0, "failures": 0, "first_failure": None, "worst": None,
-             "under_test": under_test, "shrink_calls": 0, "seen_again": 0},
+             "under_test": under_test, "shrink_calls": 0, "seen_again": 0,
+             "edges": dict.fromkeys(edges.reachable(scope), 0)},
         )
         shrinking = not seen_again and row["first_failure"] is not None
+        if not shrinking:
+            for edge in edges.hits((sample.sequences, sample.variant), scope):
+                row["edges"][edge] += 1
         if seen_again:
             row["examples"] += 1
             row["seen_again"] += 1
@@ -568,6 +574,8 @@ class FuzzRecorder:
             row["failures"] += item["failures"]
             row["shrink_calls"] += item["shrink_calls"]
             row["seen_again"] += item["seen_again"]
+            for edge, count in item["edges"].items():
+                row["edges"][edge] = row["edges"].get(edge, 0) + count
             firsts = [x for x in (row["first_failure"], item["first_failure"]) if x is not None]
             row["first_failure"] = min(firsts) if firsts else None
             if worst.margin < row["worst"].margin:
@@ -623,6 +631,8 @@ class FuzzRecorder:
                     "layer": worst.worst.get("layer"),
                     "path": worst.path,
                     "under_test": row["under_test"],
+                    "edges": row["edges"],
+                    "edges_never_hit": [e for e, n in row["edges"].items() if not n],
                 }
             )
         return {"profile": self.profile, "rows": rows, "saved": [str(p) for p in self.saved],
@@ -668,6 +678,23 @@ class Reach:
                 f"{' '.join(sorted(self.rare)) or 'none'}; <mask> in {self.masks} layouts")
 
 
+def _write_edges(tr, rows: dict) -> None:
+    """Per target, the edges its checked examples hit, and those they never hit."""
+    tr.write_line("edges hit, in examples checked (esmfuzz.edges; shrink steps not counted):")
+    never = 0
+    for (prop, stratum), row in sorted(rows.items()):
+        hit = [f"{edge}: {n}" for edge, n in row["edges"].items() if n]
+        missed = [edge for edge, n in row["edges"].items() if not n]
+        never += len(missed)
+        line = f"  {prop}[{stratum}]: " + ("; ".join(hit) or "no edge")
+        if missed:
+            line += f"; never hit: {', '.join(missed)}"
+        tr.write_line(line, yellow=bool(missed))
+    if never:
+        tr.write_line(f"{never} edge(s) reachable by a target were never hit by it: run more "
+                      "examples (--esm-profile dev, or a soak) to reach them", yellow=True)
+
+
 def _json_float(value: float) -> float | str:
     return value if value == value and abs(value) != float("inf") else str(value)
 
@@ -697,6 +724,7 @@ def check_and_record(
     Returns None for a shrink attempt skipped because the target's shrinking ran past
     ``shrink_seconds``: Hypothesis sees it pass, so it keeps the smallest failure so far.
     """
+    scope = PROPERTIES[prop].scope(harness.config, stratum)
     stratum = stratum or "mixed"
     count = len(sample.sequences)
     event(f"stratum={stratum}")
@@ -744,9 +772,10 @@ def check_and_record(
             known.hit(target_name)
         else:
             known.fold(sig, target_name)
-        recorder.record(prop, stratum, sample, verdict, harness.under_test(prop), seen_again=True)
+        recorder.record(prop, stratum, sample, verdict, harness.under_test(prop), scope=scope,
+                        seen_again=True)
         return verdict
-    recorder.record(prop, stratum, sample, verdict, harness.under_test(prop))
+    recorder.record(prop, stratum, sample, verdict, harness.under_test(prop), scope=scope)
     if math.isfinite(verdict.margin):
         target(max(-verdict.margin, -1e6), label=f"{prop} margin")
     if verdict.ok:
@@ -914,13 +943,7 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
                 test = example(sample=Sample.from_extra(case.sequences, case.extra))(test)
             else:
                 replay_open_case(esm_harness, recorder, path, case, name)
-        test.hypothesis.inner_test._hypothesis_internal_add_digest = (
-            f"{request.node.nodeid}".encode()
-        )
-        chosen = request.config.getoption("esm_seed")
-        if chosen is not None:
-            digest = hashlib.sha256(f"{chosen}:{request.node.nodeid}".encode()).digest()
-            test = seed(int.from_bytes(digest[:8], "big"))(test)
+        test = seeded(test, request.node.nodeid, request.config.getoption("esm_seed"))
         if soak is not None:
             soak.begin(name)
         try:
@@ -931,6 +954,17 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
             progress.end()
 
     return run
+
+
+def seeded(test, nodeid: str, chosen: int | str | None):
+    """``test`` (a ``@given`` function) with the randomness of the fuzz target ``nodeid``: the
+    profile's (derandomized under ci: from the node id), or seed ``chosen`` mixed with it.
+    ``benchmarks/edge_reach.py`` draws what a run draws through this too."""
+    test.hypothesis.inner_test._hypothesis_internal_add_digest = nodeid.encode()
+    if chosen is None:
+        return test
+    digest = hashlib.sha256(f"{chosen}:{nodeid}".encode()).digest()
+    return seed(int.from_bytes(digest[:8], "big"))(test)
 
 
 class _Progress:
@@ -1047,6 +1081,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         tr.write_line(f"{prop:<20}{stratum:<11}{row['examples']:>9}{row['failures']:>6}  "
                       f"{detail:<58}{tested}")
     tr.write_line(recorder.reach.describe())
+    _write_edges(tr, recorder.rows)
     if recorder.known:
         distinct = recorder.distinct()
         tr.write_line(f"distinct failures: {len(distinct)}", red=True)

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from esmfuzz import properties as P
+from esmfuzz.alphabet import MAX_RESIDUES
+from esmfuzz.edges import Scope
 from esmfuzz.properties import Sample, Verdict
 
-__all__ = ["PROPERTIES", "STRATA", "Property", "get"]
+__all__ = ["PROPERTIES", "STRATA", "Property", "get", "scope"]
 
 STRATA = ("short", "medium", "long", "very_long")
 """Length strata of the longest sequence in a layout (``strategies.LENGTH_STRATA``)."""
@@ -32,10 +34,23 @@ class Property:
     oracle: Callable[..., Verdict]
     run: Callable[..., Verdict]
     """``run(harness, sample, layers) -> Verdict``."""
-    samples: Callable[..., object]
-    """``samples(config, stratum) -> SearchStrategy[Sample]``."""
+    sample: str
+    """How a sample is drawn from the target's layouts: ``plain`` (the layout alone),
+    ``pairs`` (a layout and a metamorphic variant) or ``shortest`` (the layout, following
+    its shortest sequence)."""
     strata: tuple[str | None, ...] = (None,)
     """One fuzz target per entry; None: one target over all lengths."""
+    limits: tuple[tuple[str, int], ...] = ()
+    """Bounds on the target's layouts (``min_sequences``, ``max_sequences``,
+    ``max_tokens``) where they differ from :func:`scope`'s defaults."""
+
+    def scope(self, config, stratum: str | None) -> Scope:
+        """What the target's layouts can be, and so which edges it can reach."""
+        return scope(config, stratum, **dict(self.limits))
+
+    def samples(self, config, stratum: str | None):
+        """``SearchStrategy[Sample]`` of the fuzz target for ``stratum``."""
+        return _SAMPLES[self.sample](self.scope(config, stratum), config, stratum)
 
 
 def _per_model(harness, kind: str, run) -> dict:
@@ -139,15 +154,43 @@ def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdic
     return verdict
 
 
-def _layouts(config, stratum, **options):
-    from strategies import packing_layouts, stratified_layouts
+CROWD_RESIDUES = 170
+"""Residues of the longest read in a crowded pack (``strategies.crowded_layouts``)."""
+
+
+def scope(config, stratum: str | None, *, min_sequences: int = 1,
+          max_sequences: int | None = None, max_tokens: int | None = None) -> Scope:
+    """The layouts of a target in ``stratum``: crowded packs (``crowd_limits``), layouts whose
+    longest sequence lies in a length stratum (8 sequences, ``pack_tokens``), or, for None,
+    any layout (16 sequences, ``pack_tokens``), each bounded further by the arguments."""
+    from esmfuzz.harness import crowd_limits
+    from strategies import LENGTH_STRATA
 
     if stratum == CROWDED:
-        return _crowded(config)
+        most, tokens = crowd_limits(config, profile="dev")
+        return Scope((1, CROWD_RESIDUES), CROWD_RESIDUES, max(min_sequences, 2), most, tokens)
+    tokens = max_tokens or config.pack_tokens
     if stratum is None:
-        return packing_layouts(**_residues(config), **options)
-    return stratified_layouts(stratum, max_tokens=config.pack_tokens, **_residues(config),
-                              **options)
+        cap = min(MAX_RESIDUES, tokens - 2 - 3 * (min_sequences - 1))
+        return Scope((1, cap), cap, min_sequences, max_sequences or 16, tokens)
+    low, high = LENGTH_STRATA[stratum]
+    return Scope((low, high), high, 1, max_sequences or 8, tokens)
+
+
+def _layouts(scope: Scope, config, stratum):
+    from strategies import crowded_layouts, packing_layouts, stratified_layouts
+
+    options = _residues(config)
+    if stratum == CROWDED:
+        return crowded_layouts(min_sequences=scope.min_sequences,
+                               max_sequences=scope.max_sequences, max_tokens=scope.max_tokens,
+                               max_residues=scope.max_residues, **options)
+    if stratum is None:
+        return packing_layouts(min_sequences=scope.min_sequences,
+                               max_sequences=scope.max_sequences, max_tokens=scope.max_tokens,
+                               **options)
+    return stratified_layouts(stratum, max_sequences=scope.max_sequences,
+                              max_tokens=scope.max_tokens, **options)
 
 
 def _residues(config) -> dict[str, bool]:
@@ -156,40 +199,29 @@ def _residues(config) -> dict[str, bool]:
     return {"masks": config.masks, "rare": config.residues == "all"}
 
 
-def _crowded(config):
-    from esmfuzz.harness import crowd_limits
-    from strategies import crowded_layouts
-
-    most, tokens = crowd_limits(config, profile="dev")
-    return crowded_layouts(max_sequences=most, max_tokens=tokens, **_residues(config))
+def _plain(scope: Scope, config, stratum):
+    return _layouts(scope, config, stratum).map(Sample)
 
 
-def _plain(config, stratum, **options):
-    return _layouts(config, stratum, **options).map(Sample)
-
-
-def _pairs(config, stratum):
+def _pairs(scope: Scope, config, stratum):
     from strategies import metamorphic_pairs
 
-    if stratum == CROWDED:
-        pairs = metamorphic_pairs(layouts=_crowded(config), **_residues(config))
-    else:
-        pairs = metamorphic_pairs(max_sequences=6, max_tokens=config.pack_tokens,
-                                  **_residues(config))
+    pairs = metamorphic_pairs(min_sequences=scope.min_sequences,
+                              layouts=_layouts(scope, config, stratum), **_residues(config))
     return pairs.map(lambda p: Sample(p[0], p[1], p[2], p[3]))
 
 
-def _shortest_among_longer(config, stratum):
+def _shortest(scope: Scope, config, stratum):
     from esmfuzz.alphabet import residue_count
-    from strategies import packing_layouts
 
     def sample(layout):
         lengths = [residue_count(s) for s in layout]
         return Sample(layout, lengths.index(min(lengths)))
 
-    return packing_layouts(
-        min_sequences=2, max_sequences=6, max_tokens=2048, **_residues(config)
-    ).map(sample)
+    return _layouts(scope, config, stratum).map(sample)
+
+
+_SAMPLES = {"plain": _plain, "pairs": _pairs, "shortest": _shortest}
 
 
 def _entries() -> tuple[Property, ...]:
@@ -200,7 +232,7 @@ def _entries() -> tuple[Property, ...]:
             ("packed", "padded"),
             P.error_ratio,
             _error_ratio,
-            _plain,
+            "plain",
             STRATA + (CROWDED,),
         ),
         Property(
@@ -209,8 +241,9 @@ def _entries() -> tuple[Property, ...]:
             ("packed",),
             P.context,
             lambda h, s, layers: _context(h, s, layers, kind="packed", name="isolation"),
-            _pairs,
+            "pairs",
             (None, CROWDED),
+            (("min_sequences", 2), ("max_sequences", 6)),
         ),
         Property(
             "packed_precision",
@@ -218,7 +251,7 @@ def _entries() -> tuple[Property, ...]:
             ("packed",),
             P.precision,
             lambda h, s, layers: _precision(h, s, layers, packed=True),
-            _plain,
+            "plain",
             STRATA,
         ),
         Property(
@@ -227,7 +260,7 @@ def _entries() -> tuple[Property, ...]:
             ("packed", "padded"),
             P.finite,
             _finite,
-            _plain,
+            "plain",
             STRATA + (CROWDED,),
         ),
         Property(
@@ -236,7 +269,9 @@ def _entries() -> tuple[Property, ...]:
             ("packed", "padded"),
             P.statistics,
             _statistics,
-            lambda config, stratum: _plain(config, None, max_sequences=4, max_tokens=1024),
+            "plain",
+            (None,),
+            (("max_sequences", 4),),
         ),
         Property(
             "precision",
@@ -244,8 +279,9 @@ def _entries() -> tuple[Property, ...]:
             ("padded",),
             P.precision,
             lambda h, s, layers: _precision(h, s, layers, packed=False),
-            lambda config, stratum: _plain(config, stratum, max_sequences=4),
+            "plain",
             STRATA,
+            (("max_sequences", 4),),
         ),
         Property(
             "padding_invariance",
@@ -253,7 +289,9 @@ def _entries() -> tuple[Property, ...]:
             ("padded",),
             P.context,
             lambda h, s, layers: _context(h, s, layers, kind="padded", name="padding_invariance"),
-            _shortest_among_longer,
+            "shortest",
+            (None,),
+            (("min_sequences", 2), ("max_sequences", 6), ("max_tokens", 2048)),
         ),
     )
 

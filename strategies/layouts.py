@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from hypothesis import strategies as st
@@ -15,8 +16,9 @@ from esmfuzz.alphabet import (
     split_residues,
     validate_sequence,
 )
+from esmfuzz.edges import TILES, count_edges, length_edges
 from strategies._validation import _check_bool, _check_int, _check_strategy, _lazy
-from strategies.sequences import LENGTH_STRATA, _sequences
+from strategies.sequences import LENGTH_STRATA, _fixed_range, _sequences
 
 __all__ = [
     "crowded_layouts",
@@ -102,6 +104,129 @@ def _land(layout: list[str], boundary: int) -> list[str]:
     return layout
 
 
+_EDGE = st.sampled_from((False, True, True, True, True))
+"""Whether a layout is built on the edges (:func:`_edge_layouts`): four times in five. With
+each kind of edge then drawn four times in five, a layout sits on it with probability about
+0.64, and a ci run (six examples, the first the simplest) on it with probability over 0.95
+(``benchmarks/edge_reach.py`` measures it). False comes first: examples shrink towards the
+plain layouts."""
+_OFTEN = _EDGE
+
+
+def _on_edges(plain: SearchStrategy[list[str]], edges: SearchStrategy[list[str]]):
+    @st.composite
+    def build(draw: st.DrawFn) -> list[str]:
+        return draw(edges if draw(_EDGE) else plain)
+
+    return build()
+
+
+def _rebalance(sizes: list[int], target: int, most: int) -> list[int]:
+    """``sizes`` (tokens per sequence, each 3..``most``) changed from the last one back until
+    they add up to ``target``, or as near as the bounds allow; sizes on a tile edge change
+    only where the others cannot close the gap."""
+    sizes = list(sizes)
+    gap = target - sum(sizes)
+    on_tile = [any(abs(size - t) <= 1 for t in TILES) for size in sizes]
+    for protect in (True, False):
+        for index in reversed(range(len(sizes))):
+            if gap == 0:
+                return sizes
+            if protect and on_tile[index]:
+                continue
+            step = min(gap, most - sizes[index]) if gap > 0 else -min(-gap, sizes[index] - 3)
+            sizes[index] += step
+            gap -= step
+    return sizes
+
+
+def _arranged(sizes: list[int], order: str | None, lead_at: int) -> tuple[list[int], list[int]]:
+    """Positions for ``sizes`` (the lead first): the longest first and the shortest last, the
+    reverse, or the lead at ``lead_at`` and the rest in drawn order. Returns the sizes in
+    packing order and the index each came from."""
+    index = list(range(len(sizes)))
+    if order is None or len(sizes) < 2:
+        rest = index[1:]
+        index = [*rest[:lead_at], 0, *rest[lead_at:]]
+    else:
+        big = max(index, key=lambda i: (sizes[i], -i))
+        small = min((i for i in index if i != big), key=lambda i: (sizes[i], i))
+        first, last = (big, small) if order == "longest" else (small, big)
+        index = [first, *(i for i in index if i not in (first, last)), last]
+    return [sizes[i] for i in index], index
+
+
+@functools.cache
+def _edge_layouts(
+    low: int, high: int, *, cap: int, min_sequences: int, max_sequences: int, max_tokens: int,
+    masks: bool, rare: bool,
+) -> SearchStrategy[list[str]]:
+    """Layouts built on the edges of :mod:`esmfuzz.edges`: a lead sequence of ``low..high``
+    residues, at ``high`` two times in three and otherwise at another edge of that range,
+    plus further sequences of up to ``cap`` residues, most at tile lengths or bounds. Each of
+    these, four times in five: the pack fills ``max_tokens`` exactly or to one token short
+    (where sequences of ``cap`` residues can), holds c-1, c or c+1 sequences for a
+    :data:`esmfuzz.edges.COUNTS` entry c (where the budget allows), and has its longest
+    sequence first and its shortest last or the reverse. Residues come from one bytes choice
+    per sequence, then (past 4 KiB of choices) from slices of the residues drawn so far.
+    Examples shrink towards the lead at its other edges, fewer sequences, and 'L'."""
+    most_tokens = cap + 2
+    others = [n for n in length_edges(low, high) if n != high] or [high]
+    fill_ok = max_sequences * most_tokens >= max_tokens and high + 2 <= max_tokens
+    sized = sorted({3, most_tokens - 1, most_tokens}
+                   | {t + d for t in TILES for d in (-1, 0, 1) if 3 <= t + d <= most_tokens})
+    token_sizes = st.one_of(st.sampled_from(sized), st.integers(3, most_tokens))
+    options = dict(composition="swissprot", rare=rare, masks=masks, low_complexity=True)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> list[str]:
+        lead = high if draw(st.sampled_from(("other", "max", "max"))) == "max" else draw(
+            st.sampled_from(others))
+        lead_tokens = min(lead, max_tokens - 2) + 2
+        total = None
+        if fill_ok and draw(_OFTEN):
+            total = max_tokens - draw(st.sampled_from((0, 1)))
+        room = (total or max_tokens) - lead_tokens
+        least = max(min_sequences - 1, 1 if max_sequences > 1 and room >= 3 else 0)
+        most = min(max_sequences - 1, room // 3)
+        if total is not None and max(least, -(-room // most_tokens)) > most:
+            # Too few sequences fit to fill the budget around this lead: lead at the maximum.
+            lead_tokens = min(high, max_tokens - 2 - 3 * (min_sequences - 1)) + 2
+            room = total - lead_tokens
+            most = min(max_sequences - 1, room // 3)
+        if total is not None:
+            least = max(least, -(-room // most_tokens))
+            if least > most:
+                total, least = None, max(min_sequences - 1, 1 if most >= 1 else 0)
+        counts = [c - 1 for c in count_edges(min_sequences, max_sequences, max_tokens)
+                  if least <= c - 1 <= most]
+        if counts and draw(_OFTEN):
+            count = draw(st.sampled_from(counts))
+        else:
+            count = draw(st.integers(least, max(least, most)))
+        sizes = draw(st.lists(token_sizes, min_size=count, max_size=count))
+        target = room if total is not None else min(sum(sizes), room)
+        sizes = _rebalance(sizes, target, most_tokens)
+        order = draw(st.sampled_from((None, "longest", "shortest", "longest", "shortest")))
+        lead_at = draw(st.integers(0, count)) if order is None else 0
+        placed, _ = _arranged([lead_tokens, *sizes], order, lead_at)
+        layout: list[str] = []
+        pool: list[str] = []
+        for size in placed:
+            residues = size - 2
+            if len(pool) + residues <= _READ_BYTES:
+                sequence = draw(_fixed_range(residues, residues, **options))
+                pool += split_residues(sequence)
+            else:
+                start = draw(st.integers(0, len(pool) - 1))
+                ring = pool[start:] + pool[:start]
+                sequence = "".join((ring * (residues // len(ring) + 1))[:residues])
+            layout.append(sequence)
+        return layout
+
+    return build()
+
+
 def _check_counts(min_sequences: int, max_sequences: int, max_tokens: int, *, fewest: int) -> None:
     _check_int("min_sequences", min_sequences, at_least=fewest)
     _check_int("max_sequences", max_sequences, at_least=fewest)
@@ -135,8 +260,12 @@ def packing_layouts(
     among many short ones, duplicates, and boundaries (``cu_seqlens_of`` entries)
     placed exactly on t-1, t and t+1 for multiples t of ``tile_sizes``. Every
     layout fits ``max_tokens`` (residues plus <cls>/<eos> each); sequences that
-    would overflow it are cut short. ``sequences`` replaces the built-in element
-    mix (boundaries are then placed by cutting a drawn sequence). Examples shrink
+    would overflow it are cut short. Four layouts in five are built on the edges
+    of :mod:`esmfuzz.edges` instead: a sequence of the most residues that fit (up to
+    1022), sequences at tile lengths, the budget filled exactly or to one token short,
+    counts at 32/64/128/256 +-1, the longest sequence first and the shortest last or
+    the reverse. ``sequences`` replaces the built-in element mix and its edges
+    (boundaries are then placed by cutting a drawn sequence). Examples shrink
     towards ``min_sequences`` sequences of one 'L' each.
     """
     _check_counts(min_sequences, max_sequences, max_tokens, fewest=1)
@@ -217,7 +346,12 @@ def packing_layouts(
         if sequences is None and max_tokens >= 3 * max(min_sequences, 4):
             branches.append(one_long_among_short())
         branches.append(with_duplicate())
-    return st.one_of(branches)
+    if sequences is not None:
+        return st.one_of(branches)
+    edges = _edge_layouts(1, cap, cap=cap, min_sequences=min_sequences,
+                          max_sequences=max_sequences, max_tokens=max_tokens, masks=masks,
+                          rare=rare)
+    return _on_edges(st.one_of(branches), edges)
 
 
 _MEAN_FRAMES = 3.5  # frames per read: st.integers(1, 6)
@@ -277,6 +411,11 @@ def crowded_layouts(
     ``min_sequences`` sequences of one 'L'; a failure that needs more than n
     sequences shrinks to n + 1 of them, and one that needs more than t tokens to a
     couple of dozen sequences totalling just over t (shrinking never lengthens one).
+
+    Four packs in five are built on the edges instead, as in :func:`packing_layouts`:
+    the budget filled exactly or to one token short, 32/64/128/256 +-1 sequences,
+    reads at tile lengths and at ``max_residues``, the longest first and the shortest
+    last or the reverse; those shrink towards the plain packs.
     """
     _check_counts(min_sequences, max_sequences, max_tokens, fewest=1)
     _check_int("max_residues", max_residues, at_least=1)
@@ -304,7 +443,10 @@ def crowded_layouts(
             raw = [cycle[i % len(cycle)] for i in range(min_sequences)]
         return _fit(raw, min_sequences, max_sequences, max_tokens)
 
-    return packs.map(build)
+    edges = _edge_layouts(1, max_residues, cap=max_residues, min_sequences=min_sequences,
+                          max_sequences=max_sequences, max_tokens=max_tokens, masks=masks,
+                          rare=rare)
+    return _on_edges(packs.map(build), edges)
 
 
 def _differ(sequence: str, *others: str) -> str:
@@ -448,8 +590,12 @@ def stratified_layouts(
     Errors grow with sequence length (rounding of rotary angles, longer softmax
     sums), so fuzz targets run per stratum: one sequence of the stratum placed
     anywhere among shorter packing neighbours from :func:`packing_layouts`;
-    ``masks``/``rare`` as there. Examples shrink towards that one sequence alone, at
-    the stratum's shortest length.
+    ``masks``/``rare`` as there. Four layouts in five are built on the edges: that
+    sequence at the stratum's maximum (1022 residues for ``very_long``) two times in
+    three, else at its minimum, next to either, or at a tile length, among neighbours
+    that fill ``max_tokens`` exactly or to one token short, longest first and shortest
+    last or the reverse. Examples shrink towards that one sequence alone, at the
+    stratum's shortest length.
     """
     from strategies.sequences import LENGTH_STRATA, protein_sequences
 
@@ -459,8 +605,11 @@ def stratified_layouts(
     _check_int("max_tokens", max_tokens, at_least=_MAX_TOKENS_PER_SEQUENCE + 3)
     _check_bool("masks", masks)
     _check_bool("rare", rare)
-    longest = LENGTH_STRATA[stratum][1]
+    shortest, longest = LENGTH_STRATA[stratum]
     anchors = protein_sequences(stratum=stratum, masks=masks, rare=rare)
+    edges = _edge_layouts(shortest, longest, cap=longest, min_sequences=1,
+                          max_sequences=max_sequences, max_tokens=max_tokens, masks=masks,
+                          rare=rare)
 
     @st.composite
     def build(draw: st.DrawFn) -> list[str]:
@@ -480,4 +629,4 @@ def stratified_layouts(
         where = draw(st.integers(0, len(others)))
         return [*others[:where], anchor, *others[where:]]
 
-    return build()
+    return _on_edges(build(), edges)

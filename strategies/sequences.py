@@ -16,6 +16,7 @@ from esmfuzz.alphabet import (
     SWISSPROT_FREQUENCIES,
     split_residues,
 )
+from esmfuzz.edges import length_edges
 from strategies._validation import _check_bool, _check_int, _lazy
 
 __all__ = [
@@ -142,12 +143,22 @@ def _sequences(
     masks: bool = True,
     low_complexity: bool = True,
 ) -> SearchStrategy[str]:
-    """Sequences of ``low..high`` residues, one branch per length stratum touched."""
+    """Sequences of ``low..high`` residues, one branch per length stratum touched, and a last
+    branch for the lengths on an edge of ``low..high`` (:func:`esmfuzz.edges.length_edges`):
+    a bytes choice of random size seldom lands on one."""
     ranges = [(max(low, a), min(high, b)) for a, b in LENGTH_STRATA.values()]
     if high > MAX_RESIDUES:
         ranges.append((max(low, MAX_RESIDUES + 1), high))
     options = dict(composition=composition, rare=rare, masks=masks, low_complexity=low_complexity)
-    return st.one_of([_fixed_range(a, b, **options) for a, b in ranges if a <= b])
+    branches = [_fixed_range(a, b, **options) for a, b in ranges if a <= b]
+    branches.append(_exact_lengths(tuple(length_edges(low, high)), **options))
+    return st.one_of(branches)
+
+
+@functools.cache
+def _exact_lengths(lengths: tuple[int, ...], **options) -> SearchStrategy[str]:
+    """Sequences of one of ``lengths`` residues; shrinks towards the first, the shortest."""
+    return st.sampled_from(lengths).flatmap(lambda n: _fixed_range(n, n, **options))
 
 
 @_lazy

@@ -1,0 +1,77 @@
+"""How often a run of each fuzz target hits each kind of edge, over many seeds.
+
+A generator that can reach an edge is not one that does. This draws exactly what
+``pytest fuzz/`` draws (each target's strategy, the profile's settings, the seed mixed with
+the target's node id as ``--esm-seed`` does) without running a model, and counts, per
+target and :data:`esmfuzz.edges.CLASSES` entry, the seeds whose run hit it. It assumes the
+code under test passes: a failure would stop the target and start shrinking.
+``benchmarks/edge_reach.py`` prints it; ``tests/test_edges.py`` holds it above 0.95.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from hypothesis import given, settings
+
+from esmfuzz import edges
+from esmfuzz.harness import Config, crowd_limits
+from esmfuzz.plugin import seeded
+from esmfuzz.properties import Sample
+from esmfuzz.registry import PROPERTIES
+
+__all__ = ["Target", "draws", "edge_reach", "targets"]
+
+Target = tuple[str, str | None]
+"""(property, stratum): one fuzz target of ``fuzz/test_properties.py``."""
+
+
+def targets() -> list[Target]:
+    return [(name, stratum) for name, entry in PROPERTIES.items() for stratum in entry.strata]
+
+
+def profile_config(config: Config, profile: str) -> Config:
+    """``config`` with the crowded limits a run under ``profile`` uses, as the plugin sets."""
+    most, tokens = crowd_limits(config, profile=profile)
+    return dataclasses.replace(config, crowd_sequences=most, crowd_tokens=tokens)
+
+
+def draws(target: Target, config: Config, *, profile: str, seed: int | None) -> list[Sample]:
+    """The samples a run of ``target`` under ``profile`` and ``--esm-seed seed`` checks."""
+    prop, stratum = target
+    drawn: list[Sample] = []
+
+    @settings(settings.get_profile(profile), database=None)
+    @given(sample=PROPERTIES[prop].samples(config, stratum))
+    def test(sample):
+        drawn.append(sample)
+
+    nodeid = f"fuzz/test_properties.py::test_{prop}[{stratum or 'mixed'}]"
+    seeded(test, nodeid, seed)()
+    return drawn
+
+
+def edge_reach(
+    config: Config, *, profile: str, seeds: Iterable[int], chosen: Iterable[Target] | None = None
+) -> dict[Target, dict[str, dict[str, int]]]:
+    """Per target: per edge class and per edge, the number of ``seeds`` whose run hit it.
+    Only what the target can reach is listed."""
+    config = profile_config(config, profile)
+    seeds = list(seeds)
+    out = {}
+    for target in chosen or targets():
+        scope = PROPERTIES[target[0]].scope(config, target[1])
+        reachable = edges.reachable(scope)
+        per_edge = dict.fromkeys(reachable, 0)
+        per_class = {c: 0 for e in reachable for c in edges.classes_of(e)}
+        for seed in seeds:
+            hit: set[str] = set()
+            for sample in draws(target, config, profile=profile, seed=seed):
+                hit |= edges.hits((sample.sequences, sample.variant), scope)
+            for edge in hit:
+                per_edge[edge] += 1
+            for kind in {c for e in hit for c in edges.classes_of(e)}:
+                per_class[kind] += 1
+        out[target] = {"classes": per_class, "edges": per_edge}
+    return out
