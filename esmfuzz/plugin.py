@@ -784,6 +784,8 @@ def check_and_record(
     if cut:
         verdict.notes.append(f"shrinking stopped ({cut}): this case may not be minimal")
     if not final:
+        if first and _crowded(sample):
+            raise Shrunk(_shrunk_now(harness, recorder, prop, stratum, sample, verdict, sig))
         recorder.unsaved = (harness, prop, sample, verdict, target_name)
         raise AssertionError(verdict.message())
     recorder.unsaved = None
@@ -839,6 +841,69 @@ def _same_bug(harness: Harness, recorder: FuzzRecorder, prop: str, sig: str,
 def _case_under(harness: Harness, prop: str, path: str) -> Verdict:
     case = load_case(path)
     return harness.check(prop, case.sequences, case.extra, explain=False)
+
+
+STRUCTURED_SECONDS = 300.0
+"""Time the structured passes may take on a crowded failure without ``--esm-shrink-seconds``
+(measured: well under a minute at 8M on an H200, docs/performance.md)."""
+
+
+class Shrunk(unittest.SkipTest):
+    """Raised from an example once its crowded failure was shrunk and saved: Hypothesis
+    re-raises skip exceptions at once, without shrinking again; the target then fails with
+    the message."""
+
+
+def _crowded(sample: Sample) -> bool:
+    """More than three sequences or 512 tokens: each forward is costly, and Hypothesis's
+    small steps would take minutes (seen: 240 s at 8M on an H200 for a pack past 2048
+    tokens; 4 s per step for one 1022-residue sequence on two CPU cores), so
+    :mod:`esmfuzz.tighten` takes over."""
+    layouts = [sample.sequences, sample.variant or ()]
+    return any(len(layout) > 3 or sum(map(residue_count, layout)) + 2 * len(layout) > 512
+               for layout in layouts)
+
+
+def _shrunk_now(harness: Harness, recorder: FuzzRecorder, prop: str, stratum: str,
+                sample: Sample, verdict: Verdict, sig: str) -> str:
+    """A first failure in a crowded pack, shrunk by :func:`esmfuzz.tighten.tighten` right away
+    and saved: the message the target fails with. Candidates that raise, pass or fail
+    otherwise are refused; ``--esm-shrink-seconds`` (else :data:`STRUCTURED_SECONDS`) or a
+    soak's stop ends the passes, and the smallest failure so far is saved."""
+    last = {"verdict": verdict}
+
+    def still_fails(candidate: Sample) -> bool:
+        try:
+            found = harness.check(prop, candidate, explain=False)
+        except Exception:
+            return False
+        if found.ok or signature(found, harness.layers) != sig:
+            return False
+        last["verdict"] = found
+        return True
+
+    seconds = harness.config.shrink_seconds or STRUCTURED_SECONDS
+    started = time.monotonic()
+    smaller, tried = tighten(sample, still_fails, seconds=seconds,
+                             stop=lambda: recorder.soak is not None and recorder.soak.stopping)
+    spent = time.monotonic() - started
+    recorder.rows[(prop, stratum)]["shrink_calls"] += tried
+    try:
+        explained = harness.check(prop, smaller)
+    except Exception:
+        explained = None
+    if explained is None or explained.ok or signature(explained, harness.layers) != sig:
+        explained = last["verdict"]
+        explained.notes.append("the shrunk case did not fail again when checked once more "
+                               "(the implementation under test is not deterministic)")
+    explained.notes.append(
+        f"shrunk by esmfuzz's structured passes (fewer sequences, merged, shorter, plainer; "
+        f"{tried} samples tried in {spent:.0f} s): from {_size(sample)} to {_size(smaller)}")
+    if spent >= seconds or (recorder.soak is not None and recorder.soak.stopping):
+        explained.notes.append(f"shrinking stopped after {spent:.0f} s: this case may not "
+                               "be minimal")
+    return explained.message() + "\n" + _save(harness, prop, smaller, explained, recorder,
+                                              f"{prop}[{stratum}]")
 
 
 def _tightened(harness: Harness, prop: str, sample: Sample, verdict: Verdict, sig: str):
@@ -950,6 +1015,8 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
             test()
         except SliceOver:
             pass
+        except Shrunk as done:
+            pytest.fail(str(done), pytrace=False)
         finally:
             progress.end()
 

@@ -23,6 +23,9 @@ class Fault:
     select: str | None = None
     """A ``-k`` expression for faults that live in one length stratum only, so the run
     goes straight to the targets that can show them."""
+    edge: bool = False
+    """Lives only at an edge of the input space (``esmfuzz.edges``): caught under seeds 1
+    and 2 and shrunk to at most three sequences."""
     ci: bool = False
     """In CI's fast subset: five faults of different families, each caught and shrunk in
     under a minute and a half on two cores (docs/detection.md has the times). The others
@@ -46,6 +49,30 @@ residues in all (positions_run_on, value 8.3) and 2 of 402 (rotary_table_over_st
 value 17): removing more residues lowers the positions below what the fault needs."""
 
 FAULTS = (
+    Fault(
+        "at_1022_residues",
+        "a sequence of exactly 1022 residues (1024 tokens) mishandled",
+        _packed("at_1022_residues"),
+        max_residues=1022,
+        max_sequences=3,
+        edge=True,
+    ),
+    Fault(
+        "at_full_tile",
+        "a sequence of exactly 64 tokens (one full tile) mishandled",
+        _packed("at_full_tile"),
+        max_residues=62 * 3,
+        max_sequences=3,
+        edge=True,
+    ),
+    Fault(
+        "at_full_stream",
+        "a pack of a multiple of 512 tokens (a full budget) mishandled",
+        _packed("at_full_stream"),
+        max_residues=1536,
+        max_sequences=3,
+        edge=True,
+    ),
     Fault(
         "positions_run_on",
         "positions not reset",

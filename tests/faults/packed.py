@@ -235,6 +235,50 @@ class FlakyRace(PackedForward):
         return out
 
 
+class _DropsLastKey(PackedForward):
+    """Segments that ``hit`` lose their last key; every other segment is computed right."""
+
+    def hit(self, length: int, total: int) -> bool:
+        raise NotImplementedError
+
+    def attention(self, q, k, v, cu_seqlens, max_seqlen, backend):
+        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
+        total = int(cu_seqlens[-1])
+        for start, end in _segments(cu_seqlens):
+            if self.hit(end - start, total):
+                out[start:end] = _attend(q[start:end], k[start : end - 1], v[start : end - 1])
+        return out
+
+
+class At1022Residues(_DropsLastKey):
+    """A sequence of exactly 1022 residues (1024 tokens, the model's limit) loses its last
+    key: a 1023-entry key buffer, right for every shorter sequence."""
+
+    def hit(self, length, total):
+        return length == 1024
+
+
+class AtFullTile(_DropsLastKey):
+    """A sequence of exactly 64 tokens (62 residues) loses its last key: a full first tile
+    whose last column the kernel treats as padding."""
+
+    def hit(self, length, total):
+        return length == 64
+
+
+class AtFullStream(PackedForward):
+    """In a pack of a multiple of 512 tokens (a budget filled to the last token), the last
+    sequence loses its last key: the kernel pads the stream to whole 512-token tiles and
+    assumes at least one padding token."""
+
+    def attention(self, q, k, v, cu_seqlens, max_seqlen, backend):
+        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
+        start, end = _segments(cu_seqlens)[-1]
+        if end % 512 == 0:
+            out[start:end] = _attend(q[start:end], k[start : end - 1], v[start : end - 1])
+        return out
+
+
 positions_run_on = PositionsRunOn()
 rotary_table_over_stream = RotaryTableOverStream()
 leak_every_boundary = LeakEveryBoundary()
@@ -255,3 +299,6 @@ silent_truncation = SilentTruncation()
 low_precision_softmax = LowPrecisionSoftmax()
 low_precision_accumulation = LowPrecisionAccumulation()
 flaky_race = FlakyRace()
+at_1022_residues = At1022Residues()
+at_full_tile = AtFullTile()
+at_full_stream = AtFullStream()
