@@ -59,6 +59,8 @@ def main() -> None:
             }
             times.append(run.seconds)
             print(json.dumps(out), flush=True)
+            if not run.caught:
+                print(run.output[-2000:], flush=True)
             if args.json:
                 with args.json.open("a") as handle:
                     handle.write(json.dumps(out) + "\n")

@@ -11,9 +11,11 @@ sample itself, in passes that each run to a fixed point and repeat until none he
 2. **merge**: join neighbouring sequences into one, their <eos>/<cls> pair becoming two
    residues, so the pack keeps its token count: faults that need a long pack end as two or
    three long sequences, not dozens of short ones;
-3. **shorten**: cut each sequence at its end, then at its start, by one residue and, where
-   that keeps the failure, by half, a quarter, ... of it;
-4. **simplify**: make each sequence (then each half of it) all 'L'.
+3. **shorten**: cut every sequence at once to one residue or to half; then each sequence at
+   its end, then at its start, by one residue and, where that keeps the failure, by half,
+   a quarter, ... of it;
+4. **simplify**: make every sequence at once, else each sequence (then each half of it),
+   all 'L'.
 
 Each accepted step costs one forward and most remove or shorten by a fraction, so a pack of
 n sequences of m residues takes about log n + log m steps per survivor.
@@ -238,16 +240,44 @@ def _cuts(tokens: list[str]) -> Iterator[str]:
 
 
 def _shorten_candidates(sample: Sample) -> Iterator[Sample]:
+    yield from _at_once(sample)
     layouts, _ = _layouts(sample)
     for which, index in _positions(sample):
         for shorter in _cuts(split_residues(layouts[which][index])):
             yield _replaced(sample, which, index, shorter)
 
 
+def _everywhere(sample: Sample, change) -> Iterator[Sample]:
+    """``sample`` with ``change(tokens)`` applied to every sequence of one layout at once (the
+    target in both): one step where dozens of sequences can each shrink."""
+    layouts, targets = _layouts(sample)
+    for which, layout in enumerate(layouts):
+        if len(layout) < 2:
+            continue
+        candidate, changed = sample, 0
+        for index in range(len(layout)):
+            if not (which == 1 and index == targets[1]):
+                new = change(split_residues(layout[index]))
+                changed += new != layout[index]
+                candidate = _replaced(candidate, which, index, new)
+        if changed >= 2:  # one change is a one-by-one candidate anyway
+            yield candidate
+
+
+def _at_once(sample: Sample) -> Iterator[Sample]:
+    yield from _everywhere(sample, lambda tokens: tokens[0])
+    yield from _everywhere(sample, lambda tokens: "".join(tokens[: max(len(tokens) // 2, 1)]))
+
+
 def _shorten(sample: Sample, attempt: _Attempts) -> Sample:
-    """Where one residue less at an end keeps the failure, cut by halving steps there;
-    where it does not, no longer cut fails either for length-bound faults (past a token
-    count, at an exact length): that end is left after one try."""
+    """All sequences cut at once first; then, one by one: where one residue less at an end
+    keeps the failure, cut by halving steps there; where it does not, no longer cut fails
+    either for length-bound faults (past a token count, at an exact length): that end is
+    left after one try."""
+    for candidate in list(_at_once(sample)):
+        if attempt(candidate):
+            sample = candidate
+            break
     for which, index in list(_positions(sample)):
         for from_start in (False, True):
             tokens = split_residues(_layouts(sample)[0][which][index])
@@ -282,6 +312,7 @@ def _plainer(tokens: list[str]) -> Iterator[str]:
 
 
 def _simplify_candidates(sample: Sample) -> Iterator[Sample]:
+    yield from _everywhere(sample, lambda tokens: "L" * len(tokens))
     layouts, _ = _layouts(sample)
     for which, index in _positions(sample):
         for plain in _plainer(split_residues(layouts[which][index])):
@@ -289,6 +320,9 @@ def _simplify_candidates(sample: Sample) -> Iterator[Sample]:
 
 
 def _simplify(sample: Sample, attempt: _Attempts) -> Sample:
+    for candidate in _everywhere(sample, lambda tokens: "L" * len(tokens)):
+        if attempt(candidate):
+            return candidate
     for which, index in list(_positions(sample)):
         for plain in _plainer(split_residues(_layouts(sample)[0][which][index])):
             candidate = _replaced(sample, which, index, plain)
