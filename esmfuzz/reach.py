@@ -55,8 +55,10 @@ def draws(target: Target, config: Config, *, profile: str, seed: int | None) -> 
 def edge_reach(
     config: Config, *, profile: str, seeds: Iterable[int], chosen: Iterable[Target] | None = None
 ) -> dict[Target, dict[str, dict[str, int]]]:
-    """Per target: per edge class and per edge, the number of ``seeds`` whose run hit it.
-    Only what the target can reach is listed."""
+    """Per target: per edge class and per edge, the number of ``seeds`` whose run hit it
+    (``classes``, ``edges``); per class, the number of examples on it (``examples_on``) out
+    of ``examples`` drawn after each run's first (Hypothesis's simplest, the same every
+    run). Only what the target can reach is listed."""
     config = profile_config(config, profile)
     seeds = list(seeds)
     out = {}
@@ -65,13 +67,21 @@ def edge_reach(
         reachable = edges.reachable(scope)
         per_edge = dict.fromkeys(reachable, 0)
         per_class = {c: 0 for e in reachable for c in edges.classes_of(e)}
+        on = dict.fromkeys(per_class, 0)
+        examples = 0
         for seed in seeds:
             hit: set[str] = set()
-            for sample in draws(target, config, profile=profile, seed=seed):
-                hit |= edges.hits((sample.sequences, sample.variant), scope)
+            for index, sample in enumerate(draws(target, config, profile=profile, seed=seed)):
+                found = edges.hits((sample.sequences, sample.variant), scope)
+                hit |= found
+                if index:
+                    examples += 1
+                    for kind in {c for e in found for c in edges.classes_of(e)}:
+                        on[kind] += 1
             for edge in hit:
                 per_edge[edge] += 1
             for kind in {c for e in hit for c in edges.classes_of(e)}:
                 per_class[kind] += 1
-        out[target] = {"classes": per_class, "edges": per_edge}
+        out[target] = {"classes": per_class, "edges": per_edge, "examples_on": on,
+                       "examples": examples}
     return out

@@ -21,15 +21,20 @@ pytestmark = pytest.mark.e2e
 SEEDS = tuple(range(1, 21))
 
 
-def _marks(fault):
-    return ([] if fault.ci else [pytest.mark.slow]) + ([] if fault.cpu else [pytest.mark.gpu])
+def _cases():
+    """Each fault under the ci profile's own seed; an edge fault under seeds 1 and 2."""
+    for fault in FAULTS:
+        for seed in (1, 2) if fault.edge else (None,):
+            ci = fault.ci and seed in (None, 1)
+            marks = ([] if ci else [pytest.mark.slow]) + ([] if fault.cpu else [pytest.mark.gpu])
+            name = fault.name + (f"-seed{seed}" if seed else "")
+            yield pytest.param(fault, seed, marks=marks, id=name)
 
 
-@pytest.mark.parametrize(
-    "fault", [pytest.param(f, marks=_marks(f)) for f in FAULTS], ids=lambda f: f.name
-)
-def test_fault_is_caught_and_shrunk(fault, tmp_path):
-    run = run_fuzz(fault.options, tmp_path, select=fault.select)
+@pytest.mark.parametrize("fault, seed", _cases())
+def test_fault_is_caught_and_shrunk(fault, seed, tmp_path):
+    extra = ("--esm-seed", str(seed)) if seed else ()
+    run = run_fuzz(fault.options, tmp_path, select=fault.select, extra=extra)
     assert run.caught, f"{fault.name} was not caught:\n{run.output[-3000:]}"
     case = run.smallest_case
     assert case is not None, f"{fault.name}: no corpus case written:\n{run.output[-3000:]}"

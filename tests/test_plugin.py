@@ -116,6 +116,9 @@ def test_summary_table_lists_the_properties(correct_run):
             assert int(row[2]) >= 1 and row[3] == "0", row  # examples run, no failure
             assert row[-1] == f"{IMPLS}:loop_packed", row  # the implementation it called
     assert "reach: up to" in summary and "tokens per pack" in summary
+    edges = summary.split("edges hit, in examples checked", 1)[1]
+    line = next(x for x in edges.splitlines() if x.strip().startswith("error_ratio[short]:"))
+    assert "49 residues" in line, line  # hit, or named as never hit
 
 
 # --- a packed implementation with a cross-boundary leak fails, shrinks, is saved ------
@@ -474,8 +477,14 @@ def test_no_mask_and_standard_residues_switches(tmp_path_factory, run_env):
                 "--esm-no-mask", "--esm-residues", "standard", *SMALL_PACKS,
                 "--esm-report", str(root / "report.json"))
     assert done.returncode == 0, done.stdout
-    reach = json.loads((root / "report.json").read_text())["reach"]
+    report = json.loads((root / "report.json").read_text())
+    reach = report["reach"]
     assert reach["rare_residues_seen"] == [] and reach["layouts_with_mask"] == 0, reach
+    for row in report["rows"]:  # every edge the target can reach, counted or named as missed
+        assert row["edges"] and all(n >= 0 for n in row["edges"].values()), row
+        assert row["edges_never_hit"] == [e for e, n in row["edges"].items() if n == 0]
+    medium = next(r for r in report["rows"] if r["stratum"] == "medium")
+    assert {"50 residues", "200 residues", "64±1-token sequence"} <= set(medium["edges"])
     assert "rare residues seen: none; <mask> in 0 layouts" in done.stdout
 
 
