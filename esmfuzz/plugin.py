@@ -899,9 +899,13 @@ def _shrunk_now(harness: Harness, recorder: FuzzRecorder, prop: str, stratum: st
     explained.notes.append(
         f"shrunk by esmfuzz's structured passes (fewer sequences, merged, shorter, plainer; "
         f"{tried} samples tried in {spent:.0f} s): from {_size(sample)} to {_size(smaller)}")
-    if spent >= seconds or (recorder.soak is not None and recorder.soak.stopping):
-        explained.notes.append(f"shrinking stopped after {spent:.0f} s: this case may not "
-                               "be minimal")
+    if recorder.soak is not None and recorder.soak.stopping:
+        explained.notes.append("shrinking stopped (the soak run was stopped): this case may "
+                               "not be minimal")
+    elif spent >= seconds:
+        cut = (f"--esm-shrink-seconds {seconds:g}" if harness.config.shrink_seconds
+               else f"after {seconds:g} s")
+        explained.notes.append(f"shrinking stopped ({cut}): this case may not be minimal")
     return explained.message() + "\n" + _save(harness, prop, smaller, explained, recorder,
                                               f"{prop}[{stratum}]")
 

@@ -175,7 +175,9 @@ def protein_sequences(
     """Valid ESM-2 sequence strings of ``min_size..max_size`` residues (``<mask>`` is one).
 
     Lengths are spread over the :data:`LENGTH_STRATA` rather than piled up near
-    ``min_size``, because kernels misbehave at long lengths too. Residues follow
+    ``min_size``, because kernels misbehave at long lengths too, and land on an edge
+    (:func:`esmfuzz.edges.length_edges`: the bounds, 1021 and 1022, tile lengths) in
+    one draw out of two to five (one more branch beside one per stratum). Residues follow
     Swiss-Prot background frequencies (or ``composition="uniform"``); ``rare``
     occasionally adds X B Z U O, ``masks`` occasionally adds ``<mask>``, and
     ``low_complexity`` occasionally overwrites stretches with homopolymer runs or
