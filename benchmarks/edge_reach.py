@@ -5,7 +5,7 @@ For every target of ``pytest fuzz/`` and every kind of edge it can reach
 ``pytest fuzz/ --esm-profile ci --esm-seed N`` draws (no model runs: the code under test
 is taken to pass). The last table gives, per kind, the least share over the targets::
 
-    python benchmarks/edge_reach.py --seeds 1-200
+    python benchmarks/edge_reach.py --seeds 1-100
     python benchmarks/edge_reach.py --seeds 1-50 --device cuda --edges
 """
 

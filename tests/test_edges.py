@@ -90,7 +90,7 @@ def test_crowded_packs_fill_the_budget_and_hold_counts_at_powers_of_two():
 def test_a_ci_run_of_every_target_hits_every_kind_of_edge_it_can_reach():
     """Per target and kind of edge, the share of examples on it, over 20 seeds' runs: a run
     checks five random examples after its first, so a share q gives 1 - (1 - q)**5, which
-    must be over 0.95 (q > 0.45). ``benchmarks/edge_reach.py --seeds 1-200`` gives the
+    must be over 0.95 (q > 0.45). ``benchmarks/edge_reach.py --seeds 1-100`` gives the
     run-level shares (docs/performance.md)."""
     found = edge_reach(Config(device="cpu"), profile="ci", seeds=range(1, 21))
     assert set(found) == set(targets())
