@@ -843,6 +843,16 @@ def _case_under(harness: Harness, prop: str, path: str) -> Verdict:
     return harness.check(prop, case.sequences, case.extra, explain=False)
 
 
+def _same_failure(harness: Harness, prop: str, sig: str, candidate: Sample) -> Verdict | None:
+    """The verdict of ``candidate`` where it fails with signature ``sig``; None where it
+    passes, fails otherwise or raises (a shrink step must keep the very failure)."""
+    try:
+        found = harness.check(prop, candidate, explain=False)
+    except Exception:
+        return None
+    return None if found.ok or signature(found, harness.layers) != sig else found
+
+
 STRUCTURED_SECONDS = 300.0
 """Time the structured passes may take on a crowded failure without ``--esm-shrink-seconds``
 (measured: well under a minute at 8M on an H200, docs/performance.md)."""
@@ -873,14 +883,10 @@ def _shrunk_now(harness: Harness, recorder: FuzzRecorder, prop: str, stratum: st
     last = {"verdict": verdict}
 
     def still_fails(candidate: Sample) -> bool:
-        try:
-            found = harness.check(prop, candidate, explain=False)
-        except Exception:
-            return False
-        if found.ok or signature(found, harness.layers) != sig:
-            return False
-        last["verdict"] = found
-        return True
+        found = _same_failure(harness, prop, sig, candidate)
+        if found is not None:
+            last["verdict"] = found
+        return found is not None
 
     seconds = harness.config.shrink_seconds or STRUCTURED_SECONDS
     started = time.monotonic()
@@ -917,11 +923,7 @@ def _tightened(harness: Harness, prop: str, sample: Sample, verdict: Verdict, si
     added minutes to CI's fault subset, whose cases shrink over hundreds of residues."""
 
     def still_fails(candidate: Sample) -> bool:
-        try:
-            found = harness.check(prop, candidate, explain=False)
-        except Exception:
-            return False
-        return not found.ok and signature(found, harness.layers) == sig
+        return _same_failure(harness, prop, sig, candidate) is not None
 
     smaller, tried = tighten(sample, still_fails, seconds=harness.config.shrink_seconds)
     if smaller == sample:

@@ -16,7 +16,7 @@ from esmfuzz.alphabet import (
     split_residues,
     validate_sequence,
 )
-from esmfuzz.edges import TILES, count_edges, length_edges
+from esmfuzz.edges import count_edges, length_edges, tile_lengths
 from strategies._validation import _check_bool, _check_int, _check_strategy, _lazy
 from strategies.sequences import LENGTH_STRATA, _fixed_range, _sequences
 
@@ -127,7 +127,8 @@ def _rebalance(sizes: list[int], target: int, most: int) -> list[int]:
     only where the others cannot close the gap."""
     sizes = list(sizes)
     gap = target - sum(sizes)
-    on_tile = [any(abs(size - t) <= 1 for t in TILES) for size in sizes]
+    tiles = {n + 2 for n in tile_lengths(1, most - 2)}
+    on_tile = [size in tiles for size in sizes]
     for protect in (True, False):
         for index in reversed(range(len(sizes))):
             if gap == 0:
@@ -140,10 +141,9 @@ def _rebalance(sizes: list[int], target: int, most: int) -> list[int]:
     return sizes
 
 
-def _arranged(sizes: list[int], order: str | None, lead_at: int) -> tuple[list[int], list[int]]:
-    """Positions for ``sizes`` (the lead first): the longest first and the shortest last, the
-    reverse, or the lead at ``lead_at`` and the rest in drawn order. Returns the sizes in
-    packing order and the index each came from."""
+def _arranged(sizes: list[int], order: str | None, lead_at: int) -> list[int]:
+    """``sizes`` (the lead first) in packing order: the longest first and the shortest last,
+    the reverse, or the lead at ``lead_at`` and the rest in drawn order."""
     index = list(range(len(sizes)))
     if order is None or len(sizes) < 2:
         rest = index[1:]
@@ -153,7 +153,7 @@ def _arranged(sizes: list[int], order: str | None, lead_at: int) -> tuple[list[i
         small = min((i for i in index if i != big), key=lambda i: (sizes[i], i))
         first, last = (big, small) if order == "longest" else (small, big)
         index = [first, *(i for i in index if i not in (first, last)), last]
-    return [sizes[i] for i in index], index
+    return [sizes[i] for i in index]
 
 
 @functools.cache
@@ -173,8 +173,8 @@ def _edge_layouts(
     most_tokens = cap + 2
     others = [n for n in length_edges(low, high) if n != high] or [high]
     fill_ok = max_sequences * most_tokens >= max_tokens and high + 2 <= max_tokens
-    sized = sorted({3, most_tokens - 1, most_tokens}
-                   | {t + d for t in TILES for d in (-1, 0, 1) if 3 <= t + d <= most_tokens})
+    sized = sorted({3, most_tokens - 1, most_tokens} | {n + 2 for n in tile_lengths(1, cap)})
+    lead_cap = max_tokens - 2 - 3 * (min_sequences - 1)  # three tokens per other sequence
     token_sizes = st.one_of(st.sampled_from(sized), st.integers(3, most_tokens))
     options = dict(composition="swissprot", rare=rare, masks=masks, low_complexity=True)
 
@@ -182,7 +182,7 @@ def _edge_layouts(
     def build(draw: st.DrawFn) -> list[str]:
         lead = high if draw(st.sampled_from(("other", "max", "max"))) == "max" else draw(
             st.sampled_from(others))
-        lead_tokens = min(lead, max_tokens - 2) + 2
+        lead_tokens = min(lead, lead_cap) + 2
         total = None
         if fill_ok and draw(_OFTEN):
             total = max_tokens - draw(st.sampled_from((0, 1)))
@@ -191,7 +191,7 @@ def _edge_layouts(
         most = min(max_sequences - 1, room // 3)
         if total is not None and max(least, -(-room // most_tokens)) > most:
             # Too few sequences fit to fill the budget around this lead: lead at the maximum.
-            lead_tokens = min(high, max_tokens - 2 - 3 * (min_sequences - 1)) + 2
+            lead_tokens = min(high, lead_cap) + 2
             room = total - lead_tokens
             most = min(max_sequences - 1, room // 3)
         if total is not None:
@@ -209,7 +209,7 @@ def _edge_layouts(
         sizes = _rebalance(sizes, target, most_tokens)
         order = draw(st.sampled_from((None, "longest", "shortest", "longest", "shortest")))
         lead_at = draw(st.integers(0, count)) if order is None else 0
-        placed, _ = _arranged([lead_tokens, *sizes], order, lead_at)
+        placed = _arranged([lead_tokens, *sizes], order, lead_at)
         layout: list[str] = []
         pool: list[str] = []
         for size in placed:
