@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import threading
 import traceback
@@ -29,6 +30,8 @@ __all__ = [
     "ImplementationError",
     "ImplementationFailure",
     "PackedForward",
+    "free_memory",
+    "is_out_of_memory",
     "load_implementation",
     "oracle_forward",
     "packed_forward",
@@ -53,14 +56,48 @@ class ImplementationFailure(ImplementationError):
     its inputs. ``Harness.check`` turns it into a failing verdict: a finding, shrunk and
     saved like any other, never a crash of the run.
 
-    ``metric`` is the kind of failure (``exception``, ``timeout``, ``malformed_output``,
-    ``mutated_input``); ``details`` hold the traceback of an exception.
+    ``metric`` is the kind of failure (``exception``, ``out_of_memory``, ``timeout``,
+    ``malformed_output``, ``mutated_input``); ``details`` hold the traceback of an
+    exception; ``tokens`` is the size of the call's input (the pack, or the padded batch).
     """
 
-    def __init__(self, message: str, *, metric: str, details: Sequence[str] = ()):
+    def __init__(self, message: str, *, metric: str, details: Sequence[str] = (),
+                 tokens: int | None = None):
         super().__init__(message)
         self.metric = metric
         self.details = list(details)
+        self.tokens = tokens
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, Python's MemoryError, or a library's own words for it
+    (flash-attn, cuBLAS and the CPU allocator raise a RuntimeError)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        words in text for words in ("out of memory", "can't allocate memory",
+                                    "CUBLAS_STATUS_ALLOC_FAILED")
+    )
+
+
+def free_memory(device: torch.device) -> str:
+    """``12.3 GiB of 139.8 GiB free on cuda:0``: what the device had at the time."""
+    try:
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+        else:
+            page = os.sysconf("SC_PAGE_SIZE")
+            free = os.sysconf("SC_AVPHYS_PAGES") * page
+            total = os.sysconf("SC_PHYS_PAGES") * page
+    except (RuntimeError, ValueError, OSError):
+        return f"free memory on {device} unknown"
+    return f"{free / 2**30:.1f} GiB of {total / 2**30:.1f} GiB free on {device}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
 
 
 class _TimeLimit(BaseException):
@@ -104,6 +141,8 @@ def _call(impl: Callable, kind: str, timeout: float | None, inputs: dict[str, to
     ``inputs`` are the tensors among the arguments that it must not change in place.
     """
     name = f"{kind} implementation {implementation_name(impl)}"
+    tokens = inputs["tokens"]
+    size = tokens.numel()
     before = {key: value.clone() for key, value in inputs.items()}
     try:
         with _time_limit(timeout):
@@ -113,6 +152,16 @@ def _call(impl: Callable, kind: str, timeout: float | None, inputs: dict[str, to
             f"{name} did not return within --esm-timeout {timeout:g} s", metric="timeout"
         ) from None
     except Exception as exc:
+        if is_out_of_memory(exc):
+            shape = (f"a pack of {size:,} tokens" if tokens.dim() == 1 else
+                     f"a padded batch of {tokens.shape[0]} x {tokens.shape[1]} tokens")
+            raise ImplementationFailure(
+                f"{name} raised {type(exc).__name__} on {shape}, with "
+                f"{free_memory(tokens.device)} at the time: {_first_line(exc)}",
+                metric="out_of_memory",
+                details=traceback.format_exception(exc),
+                tokens=size,
+            ) from exc
         raise ImplementationFailure(
             f"{name} raised {type(exc).__name__}: {exc}",
             metric="exception",

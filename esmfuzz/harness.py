@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import math
 import os
 import time
 import tomllib
+import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from esmfuzz.forward import (
     ImplementationFailure,
     PackedForward,
     implementation_name,
+    is_out_of_memory,
     load_implementation,
     oracle_forward,
     packed_forward,
@@ -44,6 +47,8 @@ __all__ = [
     "PATHS",
     "Config",
     "Harness",
+    "HarnessFailure",
+    "Repeat",
     "config_for_case",
     "crowd_limits",
     "harness_for",
@@ -190,6 +195,58 @@ def read_pyproject(start: Path | str = ".") -> dict:
     return {}
 
 
+class HarnessFailure(RuntimeError):
+    """esmfuzz's own computation failed: its oracle, a baseline, a default forward standing
+    in for an implementation the user did not give, or its checks. Never a finding against
+    the code under test: the example is skipped and counted (:meth:`Harness.check` retried
+    it once first, after freeing cached memory).
+
+    ``reason`` groups the skips of a run (``esmfuzz's float64 oracle ran out of memory``);
+    ``advice`` says what to do about it; ``details`` hold the traceback.
+    """
+
+    def __init__(self, reason: str, cause: str, *, advice: str, details=()):
+        super().__init__(f"{reason}: {cause}")
+        self.reason = reason
+        self.advice = advice
+        self.details = list(details)
+
+    @classmethod
+    def of(cls, role: str, exc: BaseException) -> HarnessFailure:
+        """``role`` (``esmfuzz's float64 oracle``) failed with ``exc``."""
+        memory = is_out_of_memory(exc) or getattr(exc, "metric", "") == "out_of_memory"
+        reason = f"{role} {'ran out of memory' if memory else f'raised {_cause_name(exc)}'}"
+        advice = (
+            "lower --esm-crowd-tokens or --esm-pack-tokens, or set --esm-device-memory to "
+            "what this process may use" if memory else
+            "this is esmfuzz's error, not the code under test's: please report it with the "
+            "traceback"
+        )
+        details = getattr(exc, "details", None) or traceback.format_exception(exc)
+        return cls(reason, str(exc), advice=advice, details=details)
+
+
+def _cause_name(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, ImplementationFailure) and exc.__cause__ else exc
+    return type(cause).__name__
+
+
+@dataclass
+class Repeat:
+    """One sample checked several times, the implementations under test called afresh each
+    time (:meth:`Harness.repeat`)."""
+
+    verdicts: list[P.Verdict]
+    """The property's verdict on each call."""
+    spread: P.Verdict | None
+    """How far the outputs of identical calls lie apart, against the property's noise
+    bound; None where every call gave identical outputs."""
+
+    def reproduced(self, signature: Callable[[P.Verdict], str], sig: str) -> bool:
+        """Every call failed with signature ``sig``."""
+        return all(not v.ok and signature(v) == sig for v in self.verdicts)
+
+
 class Harness:
     """A model pair plus the two implementations under test."""
 
@@ -215,6 +272,12 @@ class Harness:
         self.refused: dict[str, str] = {}
         """Implementations (``packed``/``padded``) that refused the FP32 reference with a
         TypeError: from then on only their candidate-dtype path is checked (``paths=auto``)."""
+        self.oracle_impl: Callable = oracle_forward
+        """The oracle's forward: a seam for tests that make esmfuzz's own forwards fail."""
+        kinds = self.under_test_kinds()
+        self._mine = {impl for kind, impl in (("packed", self._packed), ("padded", self._padded))
+                      if kind in kinds}
+        """The implementations under test: every other forward is esmfuzz's own."""
 
     @property
     def device(self) -> torch.device:
@@ -251,8 +314,8 @@ class Harness:
         """Seconds per kind of forward (``timings``, for benchmarks/throughput.py): waits for
         the device after each, so it costs the overlap of one forward with the next."""
         impl = key[1]
-        kind = ("oracle" if impl is oracle_forward else
-                "under test" if impl in (self._packed, self._padded) else "baselines")
+        kind = ("oracle" if impl is self.oracle_impl else
+                "under test" if impl in self._mine else "baselines")
 
         def timed():
             start = time.perf_counter()
@@ -265,26 +328,44 @@ class Harness:
 
         return timed
 
-    def _run_packed(self, impl, model, sequences: Sequence[str], layers) -> list[dict]:
-        kwargs = {"timeout": self._timeout(impl, self._packed)}
+    def _run_packed(self, impl, model, sequences: Sequence[str], layers, *,
+                    role: str = "esmfuzz's packed reference") -> list[dict]:
+        kwargs = {"timeout": self._timeout(impl)}
         if isinstance(impl, PackedForward):
             kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
         return self._memo(
             ("packed", impl, id(model), tuple(sequences), tuple(sorted(layers))), model,
-            lambda: run_packed(impl, model, self.pair.alphabet, sequences, layers, **kwargs),
+            self._owned(impl, role, lambda: run_packed(impl, model, self.pair.alphabet,
+                                                       sequences, layers, **kwargs)),
         )
 
-    def _run_padded(self, impl, model, sequences: Sequence[str], layers, *, bucketed: bool):
+    def _run_padded(self, impl, model, sequences: Sequence[str], layers, *, bucketed: bool,
+                    role: str = "fair-esm's padded forward"):
         return self._memo(
             ("padded", impl, id(model), tuple(sequences), tuple(sorted(layers)), bucketed),
             model,
-            lambda: run_padded(impl, model, self.pair.alphabet, sequences, layers,
-                               bucketed=bucketed, timeout=self._timeout(impl, self._padded)),
+            self._owned(impl, role, lambda: run_padded(
+                impl, model, self.pair.alphabet, sequences, layers, bucketed=bucketed,
+                timeout=self._timeout(impl))),
         )
 
-    def _timeout(self, impl, under_test) -> float | None:
+    def _owned(self, impl, role: str, compute: Callable[[], list[dict]]):
+        """``compute`` of an implementation under test as it is; of esmfuzz's own forward
+        (``role``), with its failures made :class:`HarnessFailure`."""
+        if impl in self._mine:
+            return compute
+
+        def run():
+            try:
+                return compute()
+            except ImplementationFailure as failure:
+                raise HarnessFailure.of(role, failure) from failure
+
+        return run
+
+    def _timeout(self, impl) -> float | None:
         """The time limit applies to the implementations under test, not esmfuzz's own."""
-        return self.config.timeout or None if impl is under_test else None
+        return self.config.timeout or None if impl in self._mine else None
 
     def packed(self, model, sequences: Sequence[str], layers) -> list[dict]:
         return self._run_packed(self._packed, model, sequences, layers)
@@ -298,8 +379,9 @@ class Harness:
 
     def oracle(self, sequences: Sequence[str], layers) -> list[dict]:
         """The FP64 oracle (FP32 where a float64 copy does not fit), length-bucketed."""
-        return self._run_padded(oracle_forward, self.pair.oracle, sequences, layers,
-                                bucketed=True)
+        dtype = str(self.pair.oracle.embed_tokens.weight.dtype)[6:]
+        return self._run_padded(self.oracle_impl, self.pair.oracle, sequences, layers,
+                                bucketed=True, role=f"esmfuzz's {dtype} oracle")
 
     def baseline(self, model, sequences: Sequence[str], layers) -> list[dict]:
         """fair-esm's own padded forward, length-bucketed."""
@@ -370,29 +452,120 @@ class Harness:
         ``reuse``, a dict the caller keeps, holds the forward outputs across checks of the
         same sample: checking one sample against several implementations (the
         false-positive benchmark) then runs the oracle and the baselines once.
+
+        An implementation under test that runs out of memory, and any failure of esmfuzz's
+        own forwards or checks, is retried once after freeing cached memory. Out of memory
+        again, the implementation's verdict is ``out_of_memory``; esmfuzz's own failure
+        raises :class:`HarnessFailure`: the caller skips the example, never blames the code
+        under test.
         """
         entry = registry.get(prop)
         if not isinstance(sample, Sample):
             sample = Sample.from_extra(sample, extra)
+        entry.validate(sample)
+        for attempt in (1, 2):
+            try:
+                verdict = self._check_once(entry, sample, layers, explain, reuse)
+                break
+            except (HarnessFailure, ImplementationFailure) as failure:
+                if attempt == 1:
+                    self.free_memory()
+                    continue
+                if isinstance(failure, HarnessFailure):
+                    raise
+                verdict = P.Verdict.failed(prop, failure.metric, str(failure), failure.details,
+                                           tokens=failure.tokens)
+                verdict.notes.insert(0, "ran out of memory again when retried once, after "
+                                        "esmfuzz freed its cached memory")
+        verdict.notes.extend(self.refusal_notes())
+        return verdict
+
+    def _check_once(self, entry, sample: Sample, layers, explain: bool, reuse) -> P.Verdict:
+        """One try of :meth:`check`. Raises what is worth a retry: a HarnessFailure, or an
+        implementation under test that ran out of memory; any other exception of esmfuzz's
+        own code becomes a HarnessFailure."""
         try:
             self._outputs = {} if reuse is None else reuse
             try:
                 verdict = entry.run(self, sample, list(layers or self.layers))
             except ImplementationFailure as failure:
-                return P.Verdict.failed(prop, failure.metric, str(failure), failure.details)
+                if failure.metric == "out_of_memory":
+                    raise
+                return P.Verdict.failed(entry.name, failure.metric, str(failure),
+                                        failure.details)
+            except HarnessFailure:
+                raise
+            except Exception as exc:
+                raise HarnessFailure.of("esmfuzz's checks", exc) from exc
             if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
                 self._outputs = {}  # the re-run calls the implementation afresh
-                explained = entry.run(self, sample, self.all_layers)
+                try:
+                    explained = entry.run(self, sample, self.all_layers)
+                except HarnessFailure as failure:
+                    verdict.notes.append(f"not explained on every layer: {failure}")
+                    return verdict
                 if explained.ok:
                     verdict.notes.append("the failure did not reproduce when re-run on every "
                                          "layer: the implementation under test is not "
                                          "deterministic")
                     return verdict
                 verdict = explained
+            return verdict
         finally:
             self._outputs = None
-        verdict.notes.extend(self.refusal_notes())
-        return verdict
+
+    def free_memory(self) -> None:
+        """Drop this check's outputs and return cached device memory: before a retry."""
+        self._outputs = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def repeat(self, prop: str, sample: Sample, *, calls: int = 3) -> Repeat:
+        """``prop`` checked ``calls`` times on ``sample``, the implementations under test called
+        afresh each time and esmfuzz's own forwards once; with the spread of the outputs of
+        those identical calls against the property's noise bound (``Property.noise``)."""
+        entry = registry.get(prop)
+        shared: dict = {}
+        verdicts, runs = [], []
+        for _ in range(calls):
+            verdicts.append(self.check(prop, sample, explain=False, reuse=shared))
+            runs.append({key: shared.pop(key) for key in list(shared) if key[1] in self._mine})
+        keys = [key for key in runs[0] if all(key in run for run in runs[1:])]
+        if all(_identical(runs[0][key], run[key]) for run in runs[1:] for key in keys):
+            return Repeat(verdicts, None)
+        models = {id(m): m for m in (self.pair.candidate, self.pair.reference, self.pair.oracle)}
+        paths = []
+        try:
+            self._outputs = shared
+            for key in keys:
+                kind, _, model, sequences, layers = key[0], key[1], models[key[2]], key[3], key[4]
+                dtype = model.embed_tokens.weight.dtype
+                paths.append((f"{kind} {str(dtype)[6:]}", [run[key] for run in runs],
+                              self.baselines(model, sequences, layers),
+                              self.oracle(sequences, layers), dtype))
+            spread = P.spread(paths, self.thresholds, name=prop,
+                              k=getattr(self.thresholds, entry.noise))
+        except HarnessFailure:
+            raise
+        except Exception as exc:
+            raise HarnessFailure.of("esmfuzz's checks", exc) from exc
+        finally:
+            self._outputs = None
+        return Repeat(verdicts, spread)
+
+    def check_case(self, case: Case, *, layers: Sequence[int] | None = None) -> P.Verdict:
+        """A corpus case checked as it was found: a spread between identical calls
+        (``nondeterministic``) is measured again as one, anything else by :meth:`check`."""
+        if P.NONDETERMINISTIC not in case.metrics:
+            return self.check(case.property, case.sequences, case.extra, layers=layers)
+        repeat = self.repeat(case.property, Sample.from_extra(case.sequences, case.extra))
+        if repeat.spread is not None:
+            return repeat.spread
+        k = getattr(self.thresholds, registry.get(case.property).noise)
+        return P.Verdict(case.property, ok=True, metric=P.NONDETERMINISTIC, value=0.0,
+                         threshold=k, margin=1.0,
+                         notes=[f"{len(repeat.verdicts)} identical calls gave identical outputs"])
 
     def with_logits(self, model, outputs: list[dict]) -> list[dict]:
         last = model.num_layers
@@ -442,6 +615,15 @@ class Harness:
             environment=environment(self.device),
             message=verdict.message(),
         )
+
+
+def _identical(first: list[dict], second: list[dict]) -> bool:
+    """Bit for bit, NaN where NaN."""
+    return all(
+        torch.equal(a[layer].isnan(), b[layer].isnan())
+        and torch.equal(a[layer].nan_to_num(0.0), b[layer].nan_to_num(0.0))
+        for a, b in zip(first, second, strict=True) for layer in a
+    )
 
 
 def _name(impl) -> str:

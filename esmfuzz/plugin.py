@@ -15,7 +15,6 @@ import shutil
 import signal
 import tempfile
 import time
-import traceback
 import unittest
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -30,8 +29,16 @@ from esmfuzz import edges
 from esmfuzz.alphabet import residue_count
 from esmfuzz.corpus import Case, CorpusError, load_case, load_corpus, save_case
 from esmfuzz.edges import Scope
-from esmfuzz.harness import Config, Harness, crowd_limits, harness_for, read_pyproject
-from esmfuzz.properties import Sample, Verdict
+from esmfuzz.harness import (
+    Config,
+    Harness,
+    HarnessFailure,
+    Repeat,
+    crowd_limits,
+    harness_for,
+    read_pyproject,
+)
+from esmfuzz.properties import FAILURE_KINDS, NONDETERMINISTIC, Sample, Verdict
 from esmfuzz.registry import PROPERTIES
 from esmfuzz.runlog import RunLog
 from esmfuzz.tighten import tighten
@@ -478,6 +485,18 @@ class FuzzRecorder:
         self.soak: Soak | None = None
         self.mine: set[str] = set()
         """Signatures this process claimed: it shrinks and saves them."""
+        self.skipped: dict[str, dict] = {}
+        """Examples skipped because esmfuzz's own computation failed, by reason:
+        ``{"advice": ..., "first": message, "targets": {target: count}}``."""
+        self.unchecked: list[str] = []
+        """Targets every example of which was skipped: the run fails as esmfuzz's error."""
+        self.spreads: dict[str, dict] = {}
+        """Per target where identical calls of the implementation under test gave different
+        outputs: the worst spread measured, its bound, and how the failures it explained
+        were judged."""
+        self.firsts: dict[tuple[str, str], tuple[Sample, Verdict]] = {}
+        """Per target, its first failure where it showed on every one of repeated calls of a
+        nondeterministic implementation: saved should shrinking end on one that does not."""
         self._corpus_cache: tuple[list[tuple[Path, Case]], list[CorpusError]] | None = None
 
     def claimed_elsewhere(self, sig: str, *, claim: bool) -> bool:
@@ -507,6 +526,30 @@ class FuzzRecorder:
         if self._corpus_cache is None:
             self._corpus_cache = load_corpus(self.config.corpus)
         return self._corpus_cache
+
+    def skip(self, target: str, failure: HarnessFailure) -> None:
+        """One example not checked: esmfuzz's own computation failed (never a finding)."""
+        item = self.skipped.setdefault(failure.reason, {"advice": failure.advice,
+                                                        "first": str(failure), "targets": {}})
+        item["targets"][target] = item["targets"].get(target, 0) + 1
+        if self.soak is not None and self.soak.log is not None:
+            self.soak.log.skip(target, failure.reason)
+
+    def skipped_in(self, target: str) -> int:
+        return sum(item["targets"].get(target, 0) for item in self.skipped.values())
+
+    def spread(self, target: str, repeat: Repeat, *, outcome: str) -> None:
+        """A nondeterministic implementation, measured on a failure of ``target``; ``outcome``
+        says how that failure was judged (``reproduced``, ``noise``, ``finding``)."""
+        spread = repeat.spread
+        item = self.spreads.setdefault(target, {"worst": None, "bound": spread.threshold,
+                                                "where": "", "reproduced": 0, "noise": 0,
+                                                "finding": 0, "calls": len(repeat.verdicts)})
+        if item["worst"] is None or spread.value > item["worst"]:
+            layer = spread.worst.get("layer")
+            item["worst"] = _json_float(spread.value)
+            item["where"] = spread.path + (f", layer {layer}" if layer is not None else "")
+        item[outcome] += 1
 
     def settle(self, sig: str, *, status: str, case: str, pattern: str, target: str) -> None:
         known = self.known.setdefault(sig, Known(sig, status, case, pattern))
@@ -558,6 +601,9 @@ class FuzzRecorder:
             "header": self.header,
             "notes": self.notes,
             "known": [dataclasses.asdict(k) for k in self.distinct()],
+            "skipped": self.skipped,
+            "unchecked": self.unchecked,
+            "spreads": self.spreads,
         }
 
     def merge(self, data: dict) -> None:
@@ -595,6 +641,20 @@ class FuzzRecorder:
                     mine.also.append(sig)
                 self.known.setdefault(sig, mine)
         self.notes += [n for n in data["notes"] if n not in self.notes]
+        for reason, item in data["skipped"].items():
+            mine = self.skipped.setdefault(reason, {**item, "targets": {}})
+            for name, count in item["targets"].items():
+                mine["targets"][name] = mine["targets"].get(name, 0) + count
+        self.unchecked += data["unchecked"]
+        for name, item in data["spreads"].items():
+            mine = self.spreads.get(name)
+            if mine is None:
+                self.spreads[name] = dict(item)
+                continue
+            for key in ("reproduced", "noise", "finding"):
+                mine[key] += item[key]
+            if float(item["worst"]) > float(mine["worst"]):
+                mine["worst"], mine["where"] = item["worst"], item["where"]
 
     def describe_harness(self) -> None:
         """The summary's header line and notes, from this process's harness (in a worker,
@@ -633,11 +693,14 @@ class FuzzRecorder:
                     "under_test": row["under_test"],
                     "edges": row["edges"],
                     "edges_never_hit": [e for e, n in row["edges"].items() if not n],
+                    "skipped": self.skipped_in(f"{prop}[{stratum}]"),
                 }
             )
         return {"profile": self.profile, "rows": rows, "saved": [str(p) for p in self.saved],
                 "reach": self.reach.as_dict(),
-                "failures": [dataclasses.asdict(k) for k in self.distinct()]}
+                "failures": [dataclasses.asdict(k) for k in self.distinct()],
+                "skipped": self.skipped, "unchecked": self.unchecked,
+                "nondeterministic": self.spreads}
 
 
 class Reach:
@@ -695,6 +758,45 @@ def _write_edges(tr, rows: dict) -> None:
                       "examples (--esm-profile dev, or a soak) to reach them", yellow=True)
 
 
+def _write_skipped(tr, recorder: FuzzRecorder) -> None:
+    """Examples esmfuzz did not check because its own computation failed, by why."""
+    for reason, item in recorder.skipped.items():
+        total = sum(item["targets"].values())
+        where = ", ".join(f"{t}: {n}" for t, n in sorted(item["targets"].items()))
+        tr.write_line(f"{total} example{'s' * (total != 1)} skipped: {reason}; "
+                      f"{item['advice']} ({where}); first: {_clip(item['first'], 300)}",
+                      red=True)
+    for name in recorder.unchecked:
+        tr.write_line(f"esmfuzz error: {name} checked no example (every one was skipped); "
+                      f"this is not a finding against the code under test", red=True)
+
+
+def _write_spreads(tr, recorder: FuzzRecorder) -> None:
+    """Where identical calls of the implementation under test gave different outputs."""
+    for name, item in sorted(recorder.spreads.items()):
+        judged = []
+        if item["reproduced"]:
+            judged.append(f"{item['reproduced']} failed on every call and stand")
+        if item["noise"]:
+            judged.append(f"{item['noise']} failed on some calls only, within the noise "
+                          f"bound: not findings")
+        if item["finding"]:
+            judged.append(f"{item['finding']} spread past the bound: finding "
+                          f"'nondeterministic'")
+        tr.write_line(
+            f"nondeterministic: {name}: identical calls of the implementation under test "
+            f"give different outputs, spread up to {float(item['worst']):.3g} against "
+            f"bound {item['bound']:g} ({item['where']}); of the failures judged on "
+            f"{item['calls'] + 1} calls: {'; '.join(judged)}",
+            red=bool(item["finding"]), yellow=not item["finding"],
+        )
+
+
+def _clip(text: str, most: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
 def _json_float(value: float) -> float | str:
     return value if value == value and abs(value) != float("inf") else str(value)
 
@@ -718,14 +820,16 @@ def check_and_record(
     sample: Sample,
     *,
     stratum: str | None = None,
-) -> Verdict:
+) -> Verdict | None:
     """One fuzz example: check, report to Hypothesis, save the final shrunk failure.
 
-    Returns None for a shrink attempt skipped because the target's shrinking ran past
-    ``shrink_seconds``: Hypothesis sees it pass, so it keeps the smallest failure so far.
+    Returns None for an example not checked: a shrink attempt past ``shrink_seconds``
+    (Hypothesis sees it pass, so it keeps the smallest failure so far), or one that
+    esmfuzz's own computation failed on (skipped and counted, never a finding).
     """
     scope = PROPERTIES[prop].scope(harness.config, stratum)
     stratum = stratum or "mixed"
+    target_name = f"{prop}[{stratum}]"
     count = len(sample.sequences)
     event(f"stratum={stratum}")
     event("sequences=" + next(b for n, b in _COUNT_BINS if count <= n))
@@ -744,20 +848,33 @@ def check_and_record(
     phases = dict(harness.timings) if harness.timings is not None else None
     try:
         verdict = harness.check(prop, sample, explain=final)
-    except Exception as exc:  # a crash anywhere in the check is a finding too
-        verdict = Verdict.failed(
-            prop,
-            "exception",
-            "".join(traceback.format_exception_only(exc)).rstrip(),
-            traceback.format_exception(exc),
-        )
+        sig = None if verdict.ok else signature(verdict, harness.layers)
+        first = row is None or row["first_failure"] is None
+        if sig is not None and shrinking and target_name in recorder.spreads:
+            verdict = _confirmed(harness, prop, sample, verdict, sig)
+            sig = None if verdict.ok else sig
+        judged = None
+        if (sig is not None and not final and first and sig not in recorder.known
+                and verdict.metric not in FAILURE_KINDS):
+            verdict, judged = _judged(harness, recorder, prop, stratum, sample, verdict, sig)
+            sig = None if verdict.ok else signature(verdict, harness.layers)
+    except HarnessFailure as failure:
+        recorder.skip(target_name, failure)
+        return None
+    except Exception as exc:  # esmfuzz's own code, outside the check (never a finding)
+        recorder.skip(target_name, HarnessFailure.of("esmfuzz's checks", exc))
+        return None
     if recorder.soak is not None and recorder.soak.log is not None:
-        recorder.soak.log.timing(f"{prop}[{stratum}]", time.perf_counter() - started,
+        recorder.soak.log.timing(target_name, time.perf_counter() - started,
                                  _spent(harness.timings, phases))
-    target_name = f"{prop}[{stratum}]"
-    sig = None if verdict.ok else signature(verdict, harness.layers)
-    first = row is None or row["first_failure"] is None
-    if sig is not None and not final and first:
+    if final and verdict.ok and (prop, stratum) in recorder.firsts:
+        # Shrinking ended on a failure that showed on some calls only: save the first one.
+        sample, verdict = recorder.firsts.pop((prop, stratum))
+        verdict.notes.append("saved before shrinking: Hypothesis's smallest failure did not "
+                             "fail again (the implementation under test is not "
+                             "deterministic); this one failed on every repeated call")
+        sig = signature(verdict, harness.layers)
+    if sig is not None and not final and first and judged is None:
         same = _same_bug(harness, recorder, prop, sig, sample)
         if same is not None:
             recorder.known[sig] = same
@@ -776,7 +893,7 @@ def check_and_record(
                         seen_again=True)
         return verdict
     recorder.record(prop, stratum, sample, verdict, harness.under_test(prop), scope=scope)
-    if math.isfinite(verdict.margin):
+    if math.isfinite(verdict.margin) and judged is None:
         target(max(-verdict.margin, -1e6), label=f"{prop} margin")
     if verdict.ok:
         return verdict
@@ -784,16 +901,68 @@ def check_and_record(
     if cut:
         verdict.notes.append(f"shrinking stopped ({cut}): this case may not be minimal")
     if not final:
+        if judged == "finding":
+            raise Shrunk(_shrunk_now(harness, recorder, prop, stratum, sample, verdict, sig,
+                                     judge=lambda c: _spread_failure(harness, prop, sig, c)))
         if first and _crowded(sample):
             raise Shrunk(_shrunk_now(harness, recorder, prop, stratum, sample, verdict, sig))
         recorder.unsaved = (harness, prop, sample, verdict, target_name)
         raise AssertionError(verdict.message())
     recorder.unsaved = None
+    recorder.firsts.pop((prop, stratum), None)
     if harness.config.shrink_seconds:
         sample, verdict = _tightened(harness, prop, sample, verdict, sig)
     raise AssertionError(
         verdict.message() + "\n" + _save(harness, prop, sample, verdict, recorder, target_name)
     )
+
+
+def _judged(harness: Harness, recorder: FuzzRecorder, prop: str, stratum: str, sample: Sample,
+            verdict: Verdict, sig: str) -> tuple[Verdict, str | None]:
+    """A target's first failure, before it is shrunk: the implementation under test called
+    on it twice more. Where the calls' outputs are identical, or differ but every call
+    fails the same way, the failure stands (None). Where it showed on some calls only, it
+    is judged on the calls' spread instead: within the property's noise bound, it is the
+    implementation's nondeterminism, not a bug (``noise``: a passing verdict, counted in
+    the summary); past it, the spread is the finding (``finding``)."""
+    repeat = harness.repeat(prop, sample)
+    if repeat.spread is None:
+        return verdict, None
+    spread = repeat.spread
+    calls = len(repeat.verdicts) + 1
+    if repeat.reproduced(lambda v: signature(v, harness.layers), sig):
+        recorder.spread(f"{prop}[{stratum}]", repeat, outcome="reproduced")
+        recorder.firsts.setdefault((prop, stratum), (sample, verdict))
+        verdict.notes.append(f"the implementation under test is not deterministic (identical "
+                             f"calls differ: {spread.brief()}, {spread.path}); this failure "
+                             f"showed on every one of {calls} calls")
+        return verdict, None
+    outcome = "noise" if spread.ok else "finding"
+    recorder.spread(f"{prop}[{stratum}]", repeat, outcome=outcome)
+    failing = sum(not v.ok for v in repeat.verdicts) + 1
+    spread.notes.insert(0, f"{prop} failed on {failing} of {calls} identical calls "
+                           f"({verdict.brief()} first); judged on the calls' spread instead")
+    return spread, outcome
+
+
+def _confirmed(harness: Harness, prop: str, sample: Sample, verdict: Verdict,
+               sig: str) -> Verdict:
+    """A shrink step's failure, for an implementation seen to be nondeterministic: it stands
+    only where a second call fails the same way (else the second call's verdict)."""
+    again = harness.check(prop, sample, explain=False)
+    return verdict if not again.ok and signature(again, harness.layers) == sig else again
+
+
+def _spread_failure(harness: Harness, prop: str, sig: str, candidate: Sample) -> Verdict | None:
+    """The spread verdict of ``candidate`` where identical calls still disagree past the
+    noise bound; None otherwise (a shrink step of a ``nondeterministic`` finding)."""
+    try:
+        spread = harness.repeat(prop, candidate).spread
+    except Exception:
+        return None
+    if spread is None or spread.ok or signature(spread, harness.layers) != sig:
+        return None
+    return spread
 
 
 def _spent(now: dict | None, before: dict | None) -> dict:
@@ -875,15 +1044,20 @@ def _crowded(sample: Sample) -> bool:
 
 
 def _shrunk_now(harness: Harness, recorder: FuzzRecorder, prop: str, stratum: str,
-                sample: Sample, verdict: Verdict, sig: str) -> str:
-    """A first failure in a crowded pack, shrunk by :func:`esmfuzz.tighten.tighten` right away
-    and saved: the message the target fails with. Candidates that raise, pass or fail
-    otherwise are refused; ``--esm-shrink-seconds`` (else :data:`STRUCTURED_SECONDS`) or a
-    soak's stop ends the passes, and the smallest failure so far is saved."""
+                sample: Sample, verdict: Verdict, sig: str,
+                judge: Callable[[Sample], Verdict | None] | None = None) -> str:
+    """A first failure shrunk by :func:`esmfuzz.tighten.tighten` right away and saved (a
+    crowded pack, or a spread between identical calls, which Hypothesis cannot shrink):
+    the message the target fails with. ``judge(candidate)`` is the candidate's failing
+    verdict with signature ``sig``, else None (default: :func:`_same_failure`); candidates
+    that raise, pass or fail otherwise are refused. ``--esm-shrink-seconds`` (else
+    :data:`STRUCTURED_SECONDS`) or a soak's stop ends the passes, and the smallest failure
+    so far is saved."""
+    judge = judge or (lambda candidate: _same_failure(harness, prop, sig, candidate))
     last = {"verdict": verdict}
 
     def still_fails(candidate: Sample) -> bool:
-        found = _same_failure(harness, prop, sig, candidate)
+        found = judge(candidate)
         if found is not None:
             last["verdict"] = found
         return found is not None
@@ -895,7 +1069,8 @@ def _shrunk_now(harness: Harness, recorder: FuzzRecorder, prop: str, stratum: st
     spent = time.monotonic() - started
     recorder.rows[(prop, stratum)]["shrink_calls"] += tried
     try:
-        explained = harness.check(prop, smaller)
+        explained = (harness.check(prop, smaller) if verdict.metric != NONDETERMINISTIC
+                     else judge(smaller))
     except Exception:
         explained = None
     if explained is None or explained.ok or signature(explained, harness.layers) != sig:
@@ -1025,8 +1200,26 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
             pytest.fail(str(done), pytrace=False)
         finally:
             progress.end()
+        _all_skipped(recorder, prop, stratum or "mixed")
 
     return run
+
+
+def _all_skipped(recorder: FuzzRecorder, prop: str, stratum: str) -> None:
+    """A target that checked no example because esmfuzz's own computation failed on every
+    one fails as esmfuzz's error, naming why; never as a finding (the run's exit status
+    says so too: :func:`pytest_sessionfinish`)."""
+    name = f"{prop}[{stratum}]"
+    skipped = recorder.skipped_in(name)
+    row = recorder.rows.get((prop, stratum))
+    if not skipped or (row is not None and row["examples"]):
+        return
+    recorder.unchecked.append(name)
+    why = "; ".join(f"{reason} ({item['advice']}); first: {item['first']}"
+                    for reason, item in recorder.skipped.items() if name in item["targets"])
+    pytest.fail(f"esmfuzz error, not a finding against the code under test: {name} checked "
+                f"no example, all {skipped} were skipped because esmfuzz's own computation "
+                f"failed: {why}", pytrace=False)
 
 
 def seeded(test, nodeid: str, chosen: int | str | None):
@@ -1107,12 +1300,20 @@ def pytest_runtest_makereport(item: pytest.Item, call):
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """An xdist worker sends its rows to the controller, which prints one summary."""
+    """An xdist worker sends its rows to the controller, which prints one summary. A run
+    that failed only because esmfuzz checked nothing in some target ends with pytest's
+    internal-error status (3), not the status of a finding (1)."""
     recorder = session.config.stash.get(_RECORDER, None)
-    if recorder is not None and hasattr(session.config, "workeroutput"):
-        if recorder.rows:
+    if recorder is None:
+        return
+    if hasattr(session.config, "workeroutput"):
+        if recorder.rows or recorder.skipped:
             recorder.describe_harness()
         session.config.workeroutput["esmfuzz"] = json.dumps(recorder.export())
+        return
+    if (recorder.unchecked and session.exitstatus == pytest.ExitCode.TESTS_FAILED
+            and session.testsfailed <= len(recorder.unchecked)):
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -1125,7 +1326,9 @@ def pytest_testnodedown(node, error) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     recorder = config.stash.get(_RECORDER, None)
-    if recorder is None or not recorder.rows or hasattr(config, "workeroutput"):
+    if recorder is None or hasattr(config, "workeroutput"):
+        return
+    if not recorder.rows and not recorder.skipped:
         return
     tr = terminalreporter
     tr.section("esmfuzz summary")
@@ -1143,9 +1346,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             x for x in (worst.path, f"layer {worst.worst.get('layer')}"
                         if worst.worst.get("layer") is not None else "") if x
         )
-        detail = f"{worst.metric}={worst.value:.4g} vs {worst.threshold:g}" + (
-            f" ({where})" if where else ""
-        )
+        detail = _clip(worst.brief(), 44) + (f" ({where})" if where else "")
         tested = "; ".join(row["under_test"]) or "none: esmfuzz defaults only"
         if row["seen_again"]:
             tested += f"  [+{row['seen_again']} failing with a known signature]"
@@ -1155,6 +1356,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
                       f"{detail:<58}{tested}")
     tr.write_line(recorder.reach.describe())
     _write_edges(tr, recorder.rows)
+    _write_skipped(tr, recorder)
+    _write_spreads(tr, recorder)
     if recorder.known:
         distinct = recorder.distinct()
         tr.write_line(f"distinct failures: {len(distinct)}", red=True)

@@ -17,6 +17,8 @@ import torch
 from esmfuzz import metrics
 
 __all__ = [
+    "FAILURE_KINDS",
+    "NONDETERMINISTIC",
     "Sample",
     "Thresholds",
     "Verdict",
@@ -24,8 +26,14 @@ __all__ = [
     "error_ratio",
     "finite",
     "precision",
+    "spread",
     "statistics",
 ]
+
+FAILURE_KINDS = ("exception", "out_of_memory", "timeout", "malformed_output", "mutated_input")
+"""Metrics of a computation that gave no output to judge (:meth:`Verdict.failed`)."""
+NONDETERMINISTIC = "nondeterministic"
+"""Metric of :func:`spread`: identical calls of one implementation disagree."""
 
 Outputs = Sequence[Mapping[int, torch.Tensor]]
 
@@ -174,9 +182,11 @@ class Verdict:
     """Per layer checked, its worst check: ``{layer: [margin, metric, value]}``."""
 
     @classmethod
-    def failed(cls, prop: str, metric: str, message: str, details: Sequence[str] = ()) -> Verdict:
-        """The verdict of a computation that failed outright (raised, hung, returned
-        malformed output); ``details``, a traceback, go into the notes and so the case."""
+    def failed(cls, prop: str, metric: str, message: str, details: Sequence[str] = (),
+               *, tokens: int | None = None) -> Verdict:
+        """The verdict of a computation that failed outright (raised, ran out of memory,
+        hung, returned malformed output); ``details``, a traceback, go into the notes and so
+        the case; ``tokens``, the size of the input it failed on, into the metrics."""
         return cls(
             prop,
             ok=False,
@@ -186,6 +196,7 @@ class Verdict:
             margin=float("-inf"),
             violations=[message],
             notes=["traceback:\n" + "".join(details).rstrip()] if details else [],
+            metrics={"tokens": float(tokens)} if tokens is not None else {},
         )
 
     def layer_values(self) -> str:
@@ -217,8 +228,18 @@ class Verdict:
             which = "layers " + ",".join(map(str, bad))
         return f"{which} of {span} (first {bad[0]}, last {bad[-1]})"
 
+    def brief(self) -> str:
+        """One line: ``metric=value vs threshold``, or what happened where there was no
+        output to judge (``raised OutOfMemoryError ...``)."""
+        if self.metric in FAILURE_KINDS:
+            return f"{self.metric}: {self.violations[0] if self.violations else ''}"
+        return f"{self.metric}={self.value:.4g} vs {self.threshold:g}"
+
     def message(self) -> str:
         head = f"property {self.property!r} "
+        if not self.ok and self.metric in FAILURE_KINDS:
+            return "\n".join([head + f"failed ({self.metric}): " + "; ".join(self.violations),
+                              *(f"note: {n}" for n in self.notes)])
         if self.ok:
             return (
                 head + f"holds: worst {self.metric}={self.value:.6g} (threshold {self.threshold:g})"
@@ -551,5 +572,46 @@ def context(
         f"statistic: RMS difference between the two contexts, over the sequence and over its "
         f"worst token, relative to the oracle's RMS; bound: {k:g} x (RMS of the same-dtype "
         f"baselines' errors) + {thresholds.ulp_floor:g} ulp (docs/oracles.md)"
+    )
+    return checks.done()
+
+
+def spread(
+    paths: Sequence[tuple[str, Sequence[Outputs], Sequence[Outputs], Outputs, torch.dtype]],
+    thresholds: Thresholds,
+    *,
+    name: str,
+    k: float,
+) -> Verdict:
+    """Identical calls of one implementation agree within the rounding noise of their dtype.
+
+    ``paths`` holds (label, the outputs of each call, same-dtype baseline outputs, the
+    oracle's, that dtype). Every later call's difference from the first is a statistic of
+    :func:`error_ratio`'s kind, bounded by ``k * err(baselines) + 2 ulp``: atomics and
+    split-K reductions may round each element its own way on every call, one ulp either
+    side of where another call lands. ``k`` is the bound of the property whose failure
+    is being judged (``error_ratio`` or ``context_ratio``).
+    """
+    checks = _Checks(name)
+    items = []
+    for label, calls, baselines, oracle, dtype in paths:
+        layers = sorted(oracle[0]) if oracle else []
+        lengths = [out[layers[0]].shape[0] for out in oracle] if layers else []
+        atol = 2 * thresholds.ulp_floor * torch.finfo(dtype).eps
+        for layer in layers:
+            ref = _stream(oracle, layer)
+            first = _stream(calls[0], layer)
+            base = [metrics.segment_relative_errors(_stream(b, layer) - ref, ref, lengths)
+                    for b in baselines]
+            items += [(label,
+                       metrics.segment_relative_errors(_stream(later, layer) - first, ref,
+                                                       lengths),
+                       base, atol, layer, range(len(oracle))) for later in calls[1:]]
+    _noise_bounds(checks, NONDETERMINISTIC, k, items)
+    checks.verdict.notes.append(
+        f"statistic: RMS difference between {max((len(p[1]) for p in paths), default=0)} "
+        f"identical calls (each later one against the first), over the sequence and over its "
+        f"worst token, relative to the oracle's RMS; bound: {k:g} x (RMS of the same-dtype "
+        f"baselines' errors) + {2 * thresholds.ulp_floor:g} ulp"
     )
     return checks.done()

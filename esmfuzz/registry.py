@@ -43,6 +43,17 @@ class Property:
     limits: tuple[tuple[str, int], ...] = ()
     """Bounds on the target's layouts (``min_sequences``, ``max_sequences``,
     ``max_tokens``) where they differ from :func:`scope`'s defaults."""
+    noise: str = "error_ratio"
+    """The threshold that bounds how far two correct computations lie apart: the spread
+    of identical calls is judged against it (:func:`esmfuzz.properties.spread`)."""
+
+    def validate(self, sample: Sample) -> None:
+        """A ValueError where ``sample`` lacks what this property's samples hold."""
+        if self.sample in ("pairs", "shortest") and sample.target is None:
+            raise ValueError(f"{self.name} needs a sample with target=, the sequence to follow")
+        if self.sample == "pairs" and sample.variant is None:
+            raise ValueError(f"{self.name} needs a sample with variant=, the layout to "
+                             f"compare with")
 
     def scope(self, config, stratum: str | None) -> Scope:
         """What the target's layouts can be, and so which edges it can reach."""
@@ -117,13 +128,9 @@ def _statistics(harness, sample: Sample, layers) -> Verdict:
 
 
 def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdict:
-    if sample.target is None:
-        raise ValueError(f"{name} needs a sample with target=, the sequence to follow")
     seqs, target = sample.sequences, sample.target
     alone = [seqs[target]]
     if name == "isolation":
-        if sample.variant is None:
-            raise ValueError("isolation needs a sample with variant=, the layout to compare with")
         contexts = [(seqs, target), (sample.variant, sample.variant_target)]
 
         def run(model):
@@ -244,6 +251,7 @@ def _entries() -> tuple[Property, ...]:
             "pairs",
             (None, CROWDED),
             (("min_sequences", 2), ("max_sequences", 6)),
+            "context_ratio",
         ),
         Property(
             "packed_precision",
@@ -292,6 +300,7 @@ def _entries() -> tuple[Property, ...]:
             "shortest",
             (None,),
             (("min_sequences", 2), ("max_sequences", 6), ("max_tokens", 2048)),
+            "context_ratio",
         ),
     )
 

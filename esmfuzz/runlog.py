@@ -59,6 +59,8 @@ class RunLog:
         self.residues: Counter = Counter()
         self.layouts = self.with_mask = 0
         self.failures: list[dict] = []
+        self.skipped: dict[str, int] = {}
+        """Examples not checked, by why esmfuzz's own computation failed."""
         self._random = random.Random(0)
         self._lock = threading.RLock()
         self._done = threading.Event()
@@ -164,6 +166,13 @@ class RunLog:
         self.residues.update(r for r in residues if r in RARE_RESIDUES or r == MASK)
         return sum(lengths)
 
+    def skip(self, name: str, reason: str) -> None:
+        """An example of target ``name`` not checked: esmfuzz's own computation failed."""
+        with self._lock:
+            row = self.target(name)
+            row["skipped"] = row.get("skipped", 0) + 1
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
     def failure(self, entry: dict) -> None:
         with self._lock:
             self.failures.append(entry)
@@ -194,6 +203,7 @@ class RunLog:
                 "layouts_with_mask": self.with_mask,
             },
             "failures": self.failures,
+            "skipped": self.skipped,
         }
 
     def write(self) -> None:

@@ -18,11 +18,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esmfuzz.properties import Verdict
+from esmfuzz.properties import FAILURE_KINDS, NONDETERMINISTIC, Verdict
 
-__all__ = ["Claims", "Known", "signature"]
+__all__ = ["Claims", "Known", "signature", "size_class"]
 
-_KINDS = ("exception", "timeout", "malformed_output", "mutated_input")
+_SIZES = (1024, 4096, 16384)
+"""Upper token counts of the size classes of an ``out_of_memory`` signature: one ESM-2
+context, a few, a crowded pack, more."""
+
+
+def size_class(tokens: int) -> str:
+    """The size class of a call's input of ``tokens`` tokens, in words."""
+    low = 1
+    for high in _SIZES:
+        if tokens <= high:
+            return f"inputs of {low}-{high} tokens"
+        low = high + 1
+    return f"inputs of more than {_SIZES[-1]} tokens"
 
 _THRESHOLDS = {"precision": "cosine thresholds", "packed_precision": "cosine thresholds",
                "statistics": "statistics thresholds"}
@@ -38,12 +50,22 @@ def signature(verdict: Verdict, checked: Sequence[int]) -> str:
     """What tells one bug from another: the property, the kind of divergence, the output
     it shows in (packed or padded), and which of the ``checked`` layers fail.
 
+    An implementation that runs out of memory is told apart by the size class of its input,
+    so that running out on a crowded pack does not hide running out on one sequence; a
+    spread between identical calls, by its output alone (which layers it shows in is itself
+    random).
+
     Only the layers every example checks count, so that a failure found while fuzzing
     and its shrunk, explained case (every layer) have the same signature.
     """
     coarse = False
-    if verdict.metric in _KINDS:
+    if verdict.metric == "out_of_memory":
+        tokens = verdict.metrics.get("tokens")
+        kind = "out_of_memory" + (f" on {size_class(int(tokens))}" if tokens else "")
+    elif verdict.metric in FAILURE_KINDS:
         kind = verdict.metric
+    elif verdict.metric == NONDETERMINISTIC:
+        kind, coarse = NONDETERMINISTIC, True
     elif not math.isfinite(verdict.value):
         kind = f"non-finite {verdict.metric}"
     elif verdict.property in _THRESHOLDS:

@@ -24,6 +24,8 @@ __all__ = [
     "CONTROLS",
     "blockdiag_packed",
     "independent_packed",
+    "jittery_attention_packed",
+    "jittery_packed",
     "leaky_packed",
     "loop_packed",
     "tiled_packed",
@@ -209,3 +211,26 @@ def half_only_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers):
     if dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"half_only_packed takes float16 or bfloat16 models, not {dtype}")
     return tiled_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers)
+
+
+def _jitter(x: torch.Tensor) -> torch.Tensor:
+    """Every element one ulp up or down, a new draw on every call (torch's global generator,
+    which nothing here seeds): what atomics and split-K reductions do between calls."""
+    up = torch.rand(x.shape, device=x.device) < 0.5
+    toward = torch.where(up, float("inf"), float("-inf")).to(x.dtype)
+    return torch.nextafter(x, toward)
+
+
+def jittery_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers):
+    """Correct but nondeterministic: ``loop_packed`` with every output element moved one ulp
+    up or down at random on each call."""
+    out = loop_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers)
+    return {layer: _jitter(x) for layer, x in out.items()}
+
+
+def jittery_attention_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers):
+    """Correct but nondeterministic inside: every layer's attention output moves one ulp up or
+    down at random on each call, and the layers after carry it on, as with a kernel whose
+    reduction order changes between calls."""
+    return _packed_esm2(model, tokens, cu_seqlens, repr_layers,
+                        lambda q, k, v, bounds: _jitter(_loop_attention(q, k, v, bounds)))
