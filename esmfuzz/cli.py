@@ -100,7 +100,7 @@ def cmd_info(args) -> int:
 def cmd_replay(args) -> int:
     from esmfuzz.attention import BackendUnavailable
     from esmfuzz.corpus import load_corpus
-    from esmfuzz.harness import config_for_case, harness_for
+    from esmfuzz.harness import HarnessFailure, config_for_case, harness_for
 
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # implementations import as under `python -m`
@@ -112,9 +112,13 @@ def cmd_replay(args) -> int:
     for path, case in cases:
         try:
             harness = harness_for(config_for_case(case, device=args.device or "auto"))
-            verdict = harness.check(case.property, case.sequences, case.extra)
+            verdict = harness.check_case(case)
         except BackendUnavailable as exc:
             rows.append((path, case, "skipped", str(exc)))
+            continue
+        except HarnessFailure as exc:  # esmfuzz's own failure: says nothing of the case
+            rows.append((path, case, "NOT CHECKED", f"{exc} ({exc.advice})"))
+            failed += 1
             continue
         except Exception as exc:  # one broken case must not hide the others
             rows.append((path, case, "ERROR", f"{type(exc).__name__}: {exc}"))
@@ -126,7 +130,7 @@ def cmd_replay(args) -> int:
         else:
             outcome = "REGRESSED" if expected else "NOW PASSES (mark fixed)"
             failed += 1
-        rows.append((path, case, outcome, f"{verdict.metric}={verdict.value:.5g}"))
+        rows.append((path, case, outcome, verdict.brief()))
     print(f"{'case':<45}{'status':<8}{'result':<26}metric")
     for path, case, outcome, detail in rows:
         print(f"{case.property + '/' + path.stem:<45}{case.status:<8}{outcome:<26}{detail}")
@@ -146,12 +150,10 @@ def cmd_show(args) -> int:
         sys.path.insert(0, str(Path.cwd()))
     case = load_case(args.case)
     harness = harness_for(config_for_case(case, device=args.device or "auto"))
-    verdict = harness.check(case.property, case.sequences, case.extra,
-                            layers=harness.all_layers)
+    verdict = harness.check_case(case, layers=harness.all_layers)
     print(f"case       {args.case} ({case.status})")
     print(f"property   {case.property}; sequences {list(case.sequences)}")
-    print(f"verdict    {'holds' if verdict.ok else 'violated'}: {verdict.metric}="
-          f"{verdict.value:.6g} (bound {verdict.threshold:g})")
+    print(f"verdict    {'holds' if verdict.ok else 'violated'}: {verdict.brief()}")
     if not verdict.ok:
         print(f"signature  {signature(verdict, harness.layers)}")
     if verdict.layers:

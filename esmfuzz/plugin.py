@@ -957,11 +957,15 @@ def _spread_failure(harness: Harness, prop: str, sig: str, candidate: Sample) ->
     """The spread verdict of ``candidate`` where identical calls still disagree past the
     noise bound; None otherwise (a shrink step of a ``nondeterministic`` finding)."""
     try:
-        spread = harness.repeat(prop, candidate).spread
+        repeat = harness.repeat(prop, candidate)
     except Exception:
         return None
+    spread = repeat.spread
     if spread is None or spread.ok or signature(spread, harness.layers) != sig:
         return None
+    failing = sum(not v.ok for v in repeat.verdicts)
+    spread.notes.insert(0, f"{prop} failed on {failing} of {len(repeat.verdicts)} identical "
+                           f"calls; judged on the calls' spread instead")
     return spread
 
 
@@ -1129,7 +1133,7 @@ def replay_open_case(harness: Harness, recorder: FuzzRecorder, path: Path, case:
     signature is known (fuzzing goes on past it); passing, the summary says to mark it
     fixed."""
     try:
-        verdict = harness.check(case.property, case.sequences, case.extra)
+        verdict = harness.check_case(case)
     except Exception as exc:  # a case that cannot run must not stop the fuzzing
         recorder.notes.append(f"open case {path} could not run: {type(exc).__name__}: {exc}")
         return
@@ -1192,14 +1196,17 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
         test = seeded(test, request.node.nodeid, request.config.getoption("esm_seed"))
         if soak is not None:
             soak.begin(name)
+        shrunk = None
         try:
             test()
         except SliceOver:
             pass
         except Shrunk as done:
-            pytest.fail(str(done), pytrace=False)
+            shrunk = str(done)
         finally:
             progress.end()
+        if shrunk is not None:
+            pytest.fail(shrunk, pytrace=False)
         _all_skipped(recorder, prop, stratum or "mixed")
 
     return run
@@ -1346,7 +1353,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             x for x in (worst.path, f"layer {worst.worst.get('layer')}"
                         if worst.worst.get("layer") is not None else "") if x
         )
-        detail = _clip(worst.brief(), 44) + (f" ({where})" if where else "")
+        detail = _clip(worst.brief() + (f" ({where})" if where else ""), 57)
         tested = "; ".join(row["under_test"]) or "none: esmfuzz defaults only"
         if row["seen_again"]:
             tested += f"  [+{row['seen_again']} failing with a known signature]"

@@ -8,8 +8,11 @@ touches the user's ``~/.cache/esmfuzz`` and nothing needs the network.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 SYNTHETIC_8M = "synthetic:esm2_t6_8M_UR50D"
 
@@ -25,6 +28,22 @@ def esmfuzz_cache(tmp_path_factory):
         os.environ.pop("ESMFUZZ_CACHE", None)
     else:
         os.environ["ESMFUZZ_CACHE"] = saved
+
+
+@pytest.fixture(scope="session")
+def esm_cache(tmp_path_factory) -> str:
+    """The synthetic checkpoints' cache of the pytest runs that tests start as subprocesses."""
+    return os.environ.get("ESMFUZZ_CACHE") or str(tmp_path_factory.mktemp("esmfuzz-cache"))
+
+
+@pytest.fixture(scope="session")
+def run_env(esm_cache) -> dict[str, str]:
+    """The environment of those runs: this checkout importable, no ``$CI`` (each run names
+    its profile)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "ESMFUZZ_CACHE": esm_cache, "PYTHONPATH": path}
+    env.pop("CI", None)
+    return env
 
 
 @pytest.fixture(scope="session")
