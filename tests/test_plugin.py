@@ -266,7 +266,8 @@ def test_replay_survives_broken_cases_and_runs_the_rest(corpus_copy, capsys, tmp
         save_case(dataclasses.replace(case, implementations={"packed": impl}), corpus_copy)
     code, out = replay(corpus_copy, capsys)
     assert code == 1, out
-    assert "exception=nan" in out  # the raising implementation is a still-open finding
+    # the raising implementation is a still-open finding, said in words
+    assert "exception: packed implementation tests.impls.broken:raises raised" in out
     assert "ERROR" in out and "SyntaxError" in out
     assert out.count("still open") == 2
     assert "3 cases, 1 unexpected, 0 malformed" in out
