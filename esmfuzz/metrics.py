@@ -30,13 +30,23 @@ def _f64(x: torch.Tensor) -> torch.Tensor:
     return x.detach().to(torch.float64)
 
 
-def token_cosine(candidate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Cosine per token, [L]. Two zero vectors (``<mask>`` at layer 0) count as equal."""
+def token_cosine(candidate: torch.Tensor, reference: torch.Tensor, *,
+                 scale: float | None = None, eps: float | None = None) -> torch.Tensor:
+    """Cosine per token, [L]. Two zero vectors (``<mask>`` at layer 0) count as equal, and
+    a vector within rounding of zero has no direction: a row whose norm is at most one ulp
+    of the candidate's dtype times ``scale`` (default: the reference's largest row norm)
+    counts as zero (``eps`` overrides the dtype's). A correct kernel that rounds an exact
+    zero one ulp away (atomics, split-K) would otherwise give a cosine of 0 against it."""
     a, b = _f64(candidate), _f64(reference)
     dot = (a * b).sum(-1)
-    norms = a.norm(dim=-1) * b.norm(dim=-1)
-    both_zero = (a.norm(dim=-1) == 0) & (b.norm(dim=-1) == 0)
-    cosine = dot / norms.clamp_min(torch.finfo(torch.float64).tiny)
+    na, nb = a.norm(dim=-1), b.norm(dim=-1)
+    if scale is None:
+        scale = float(nb.max()) if nb.numel() else 0.0
+    if eps is None:
+        eps = _eps(candidate)
+    floor = eps * scale
+    both_zero = (na <= floor) & (nb <= floor)
+    cosine = dot / (na * nb).clamp_min(torch.finfo(torch.float64).tiny)
     return torch.where(both_zero, torch.ones_like(cosine), cosine)
 
 
@@ -46,8 +56,15 @@ def residue_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_cosine(candidate: torch.Tensor, reference: torch.Tensor) -> float:
-    """Cosine of the residue-mean embeddings."""
-    return float(token_cosine(residue_mean(candidate)[None], residue_mean(reference)[None])[0])
+    """Cosine of the residue-mean embeddings (zero within rounding of the sequence's largest
+    row, :func:`token_cosine`)."""
+    scale = float(_f64(reference).norm(dim=-1).max()) if reference.numel() else 0.0
+    return float(token_cosine(residue_mean(candidate)[None], residue_mean(reference)[None],
+                              scale=scale, eps=_eps(candidate))[0])
+
+
+def _eps(x: torch.Tensor) -> float:
+    return torch.finfo(x.dtype).eps if x.is_floating_point() else 0.0
 
 
 def max_abs_error(candidate: torch.Tensor, reference: torch.Tensor) -> float:

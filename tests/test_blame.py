@@ -226,7 +226,8 @@ def test_oracle_failing_on_some_examples_skips_and_counts_them(tmp_path_factory,
 @pytest.mark.parametrize("seed", ["1", "2"])
 def test_one_ulp_nondeterminism_is_never_a_finding(tmp_path_factory, run_env, seed):
     root = _workdir(tmp_path_factory, f"jitter-{seed}")
-    done = fuzz(root, run_env, "(test_error_ratio and short) or (test_isolation and mixed)",
+    done = fuzz(root, run_env, "(test_error_ratio or test_packed_precision) and short or "
+                "(test_isolation and mixed)",
                 "--esm-seed", seed, *SMALL_PACKS,
                 "--esm-packed-impl", "tests.impls.packed:jittery_packed")
     assert done.returncode == 0, done.stdout

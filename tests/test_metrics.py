@@ -175,3 +175,17 @@ def test_summary_keys_and_types():
     assert out["non_finite"] == 0
     assert out["max_abs_error"] == pytest.approx(0.01, abs=2e-3)
     assert out["sequence_cosine"] > 0.999
+
+
+def test_a_zero_rounded_one_ulp_away_is_still_zero():
+    """``<mask>`` rows are exactly zero at layer 0; a kernel that rounds them one ulp off is
+    right, one that leaves the mask embedding there is not."""
+    ref = torch.zeros(3, 8, dtype=torch.float32)
+    ref[0] = ref[2] = 1.0  # <cls> and <eos>
+    jittered = ref.half().clone()
+    jittered[1] = torch.nextafter(jittered[1], torch.full_like(jittered[1], 1.0))
+    assert token_cosine(jittered, ref).tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-12)
+    assert sequence_cosine(jittered, ref) == 1.0
+    unmasked = jittered.clone()
+    unmasked[1] = 0.5
+    assert token_cosine(unmasked, ref)[1] == 0.0 and sequence_cosine(unmasked, ref) == 0.0
