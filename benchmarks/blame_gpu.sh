@@ -3,7 +3,8 @@
 #   bash benchmarks/blame_gpu.sh jitter OUT   pytest fuzz/ (ci, 8M) on the two one-ulp
 #        nondeterministic correct forwards, seeds 1-3, six runs side by side
 #   bash benchmarks/blame_gpu.sh shared OUT   four pytest runs (ci, synthetic 35M, crowded and
-#        very_long targets) on one GPU that a hog squeezes until memory runs out
+#        very_long targets) on one GPU that a hog squeezes until memory runs out: from
+#        $HOG_AFTER seconds in (default 12), it takes all but $LEAVE GiB (default 1) that is free
 # Each run writes OUT/NAME.log, OUT/NAME.json (--esm-report) and OUT/corpus-NAME/;
 # benchmarks/blame_report.py reads them. $SECONDS_LEFT bounds every run (default 500).
 set -u
@@ -35,7 +36,7 @@ shared)
         i=$((i + 1))
         fuzz "shared-$i" "crowded or very_long" --esm-model "$model" --esm-packed-impl "$impl" &
     done
-    sleep "${HOG_AFTER:-40}"
+    sleep "${HOG_AFTER:-12}"
     # The hog: every second, take all the device memory but ${LEAVE:-1} GiB that is free.
     timeout "$limit" python3 - <<'PY' > "$out/hog.log" 2>&1 &
 import os, time, torch
