@@ -94,7 +94,22 @@ def cmd_info(args) -> int:
         return 0
     print(f"memory     {chosen.estimate.describe()}; fits")
     print(f"loading    {chosen.loading}: {chosen.note}")
+    if args.activations:
+        _print_activations(spec, device)
     return 0
+
+
+def _print_activations(spec, device) -> None:
+    """The model's activation profile (``esmfuzz.models.profile``), in float32."""
+    from esmfuzz.models import load_model
+    from esmfuzz.models.profile import PROBE, activation_profile, format_profile
+
+    model, alphabet = load_model(spec)
+    model = model.eval().to(device)
+    lengths = "/".join(str(len(s)) for s in PROBE)
+    print(f"activations (float32, probe of {lengths} residues)")
+    for line in format_profile(activation_profile(model, alphabet)):
+        print(f"  {line}")
 
 
 def cmd_replay(args) -> int:
@@ -227,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("model", "dtype", "backend", "loading"):
         info.add_argument(f"--{key}")
     info.add_argument("--device-memory", help="GiB esmfuzz may use on the device")
+    info.add_argument("--no-activations", dest="activations", action="store_false",
+                      help="skip loading the model for its activation profile")
     info.add_argument("--packed-impl", help="packed forward under test, module:function")
     info.add_argument("--padded-impl", help="padded forward under test, module:function")
     args, rest = parser.parse_known_args(argv)

@@ -294,7 +294,7 @@ class PackedForward:
         attn = layer.self_attn
         tokens = x.shape[0]
         residual = x
-        h = layer.self_attn_layer_norm(x)
+        h = self.norm(layer.self_attn_layer_norm, x)
         q = attn.q_proj(h) * attn.scaling
         k = attn.k_proj(h)
         v = attn.v_proj(h)
@@ -303,11 +303,15 @@ class PackedForward:
         o = self.attention(q, k, v, cu_seqlens, max_seqlen, backend)
         x = residual + attn.out_proj(o.reshape(tokens, attn.embed_dim))
         residual = x
-        h = self.activation(layer.fc1(layer.final_layer_norm(x)))
+        h = self.activation(layer.fc1(self.norm(layer.final_layer_norm, x)))
         return residual + layer.fc2(h)
 
+    def norm(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One of the model's LayerNorms."""
+        return module(x)
+
     def final_norm(self, model, x: torch.Tensor) -> torch.Tensor:
-        return model.emb_layer_norm_after(x)
+        return self.norm(model.emb_layer_norm_after, x)
 
 
 packed_forward = PackedForward()

@@ -101,6 +101,9 @@ def test_parse_spec_synthetic_default_and_seeded():
     seeded = parse_spec(f"  synthetic:{NAME_15B}?seed=42 ")
     assert (seeded.kind, seeded.name, seeded.seed) == ("synthetic", NAME_15B, 42)
     assert seeded.architecture == ARCHITECTURES[NAME_15B]
+    assert (spec.profile, seeded.profile) == ("random", "random")
+    trained = parse_spec(f"synthetic:{NAME_8M}?profile=trained&seed=3")
+    assert (trained.seed, trained.profile) == (3, "trained")
 
 
 @pytest.mark.parametrize(
@@ -108,7 +111,10 @@ def test_parse_spec_synthetic_default_and_seeded():
     [
         ("nope", r"'nope' is not a fair-esm ESM-2 name"),
         ("synthetic:esm3", r"'esm3' is not one of esm2_t6_8M_UR50D"),
-        ("synthetic:esm2_t6_8M_UR50D?seed=x", r"expected 'synthetic:<esm2 name>\[\?seed=N\]'"),
+        ("synthetic:esm2_t6_8M_UR50D?seed=x", r"seed='x' must be a whole number"),
+        ("synthetic:esm2_t6_8M_UR50D?profile=real", r"profile='real' must be one of random, trained"),
+        ("synthetic:esm2_t6_8M_UR50D?seed=1&seed=2", r"'seed=2' is not seed=N or profile="),
+        ("synthetic:esm2_t6_8M_UR50D?size=2", r"'size=2' is not seed=N or profile=NAME"),
         ("synthetic:", r"expected 'synthetic:<esm2 name>"),
         ("", r"is empty"),
         ("   ", r"is empty"),
@@ -485,3 +491,43 @@ def test_deepcopy_of_loaded_model_has_empty_rotary_cache(esmfuzz_cache):
 def test_models_module_exports():
     for name in models.__all__:
         assert hasattr(models, name)
+
+
+@pytest.fixture(scope="module")
+def profiles():
+    from esmfuzz.models.profile import activation_profile
+
+    out = {}
+    for profile in ("random", "trained"):
+        model, alphabet = load_model(f"synthetic:{NAME_8M}?profile={profile}")
+        out[profile] = activation_profile(model.eval(), alphabet)
+    return out
+
+
+def test_trained_like_profile_has_the_traits_of_trained_models(profiles):
+    from esmfuzz.models.synthetic import MASSIVE, SINK_LOGITS, massive_layer
+
+    trained, random = profiles["trained"], profiles["random"]
+    first = massive_layer(len(trained) - 1) + 1
+    assert all(r.residual_max < 20 for r in trained[:first])
+    inner = trained[first:-1]
+    assert all(0.8 * MASSIVE[0] < r.residual_max < 2 * MASSIVE[0] for r in inner)
+    assert all(r.low < 0.5 * MASSIVE[1] and r.high > -2 * r.low for r in inner)
+    assert all(r.top_share > 0.9 for r in trained[first + 1:])
+    assert max(r.logit_max for r in trained[1:]) > SINK_LOGITS[1]
+    assert all(r.residual_max < 20 and r.top_share < 0.2 for r in random[1:])
+
+
+def test_fair_esm_half_forwards_stay_finite_on_the_trained_like_model():
+    model, alphabet = load_model(f"synthetic:{NAME_8M}?profile=trained")
+    from esmfuzz.models.profile import PROBE
+
+    _, _, tokens = alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(PROBE)])
+    reference = model.eval()(tokens, repr_layers=[3])["representations"][3]
+    assert reference.abs().max() > 500
+    for dtype in (torch.float16, torch.bfloat16):
+        fresh = load_model(f"synthetic:{NAME_8M}?profile=trained")[0].eval().to(dtype)
+        half = fresh(tokens, repr_layers=[3])["representations"][3]
+        assert torch.isfinite(half).all(), dtype
+        cosine = torch.nn.functional.cosine_similarity(half.float(), reference, dim=-1)
+        assert cosine[tokens != alphabet.padding_idx].min() > 0.99, dtype

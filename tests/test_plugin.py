@@ -507,3 +507,16 @@ def test_shrinking_stops_after_its_budget(tmp_path_factory, run_env):
     assert note in done.stdout, done.stdout[-4000:]
     [path] = corpus_files(root)
     assert "may not be minimal" in json.loads(path.read_text())["message"]
+
+
+def test_info_prints_the_activation_profile(capsys):
+    spec = "synthetic:esm2_t6_8M_UR50D?profile=trained"
+    assert cli.main(["info", "--device", "cpu", "--model", spec]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("activations"))
+    table = lines[start + 2:]
+    assert len(table) == 7 and "largest logit" in lines[start + 1]
+    massive = [float(line.split()[1]) for line in table]
+    assert max(massive) > 1000 > massive[0]
+    assert cli.main(["info", "--device", "cpu", "--no-activations"]) == 0
+    assert "activations" not in capsys.readouterr().out

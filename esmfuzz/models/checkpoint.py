@@ -166,7 +166,7 @@ def _hub_checkpoint(name: str) -> Path:
 
 def checkpoint_path(spec: ModelSpec) -> Path:
     if spec.kind == "synthetic":
-        return synthetic_checkpoint(spec.name, spec.seed)
+        return synthetic_checkpoint(spec.name, spec.seed, spec.profile)
     if spec.kind == "hub":
         return _hub_checkpoint(spec.name)
     return spec.path

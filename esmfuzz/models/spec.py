@@ -13,6 +13,10 @@ from pathlib import Path
 import torch
 
 DEFAULT_SPEC = "synthetic:esm2_t6_8M_UR50D"
+PROFILES = ("random", "trained")
+"""Weight profiles of a synthetic model (``esmfuzz.models.synthetic``): ``random`` (the
+default until the trained-like one has passed the GPU controls) and ``trained``."""
+DEFAULT_PROFILE = "random"
 
 
 @dataclass(frozen=True)
@@ -56,29 +60,49 @@ class ModelSpec:
     name: str
     path: Path | None = None
     seed: int = 0
+    profile: str = DEFAULT_PROFILE
+    """Of a synthetic model: ``random`` or ``trained`` (trained-like activations)."""
 
     @property
     def architecture(self) -> Architecture | None:
         return ARCHITECTURES.get(self.name)
 
 
+_SYNTHETIC_FORM = "synthetic:<esm2 name>[?seed=N][&profile=random|trained]"
+
+
+def _synthetic(text: str, known: str) -> ModelSpec:
+    name, _, query = text[len("synthetic:"):].partition("?")
+    options = {}
+    for item in query.split("&") if query else []:
+        key, _, value = item.partition("=")
+        if key not in ("seed", "profile") or not value or key in options:
+            raise ModelSpecError(f"model spec {text!r}: {item!r} is not seed=N or profile=NAME "
+                                 f"(given once each); expected '{_SYNTHETIC_FORM}', e.g. "
+                                 f"'{DEFAULT_SPEC}?seed=1&profile=trained'")
+        options[key] = value
+    if not name:
+        raise ModelSpecError(f"model spec {text!r}: expected '{_SYNTHETIC_FORM}'")
+    if name not in ARCHITECTURES:
+        raise ModelSpecError(f"model spec {text!r}: {name!r} is not one of {known}")
+    seed = options.get("seed", "0")
+    if not seed.isdigit():
+        raise ModelSpecError(f"model spec {text!r}: seed={seed!r} must be a whole number >= 0")
+    profile = options.get("profile", DEFAULT_PROFILE)
+    if profile not in PROFILES:
+        raise ModelSpecError(f"model spec {text!r}: profile={profile!r} must be one of "
+                             f"{', '.join(PROFILES)}")
+    return ModelSpec(text, "synthetic", name, seed=int(seed), profile=profile)
+
+
 def parse_spec(text: str) -> ModelSpec:
-    """Read ``esm2_...``, ``path/to/model.pt`` or ``synthetic:esm2_...[?seed=N]``."""
+    """Read ``esm2_...``, ``path/to/model.pt`` or ``synthetic:esm2_...[?seed=N][&profile=P]``."""
     if not isinstance(text, str) or not text.strip():
         raise ModelSpecError(f"model spec {text!r} is empty")
     text = text.strip()
     known = ", ".join(ARCHITECTURES)
     if text.startswith("synthetic:"):
-        match = re.fullmatch(r"synthetic:([A-Za-z0-9_]+)(?:\?seed=(\d+))?", text)
-        if not match:
-            raise ModelSpecError(
-                f"model spec {text!r}: expected 'synthetic:<esm2 name>[?seed=N]', "
-                f"e.g. '{DEFAULT_SPEC}?seed=1'"
-            )
-        name, seed = match.group(1), int(match.group(2) or 0)
-        if name not in ARCHITECTURES:
-            raise ModelSpecError(f"model spec {text!r}: {name!r} is not one of {known}")
-        return ModelSpec(text, "synthetic", name, seed=seed)
+        return _synthetic(text, known)
     if text.endswith(".pt") or os.sep in text:
         path = Path(text).expanduser()
         return ModelSpec(text, "path", path.stem, path=path)
@@ -86,7 +110,7 @@ def parse_spec(text: str) -> ModelSpec:
         return ModelSpec(text, "hub", text)
     raise ModelSpecError(
         f"model spec {text!r} is not a fair-esm ESM-2 name ({known}), a path to a .pt "
-        f"checkpoint, or 'synthetic:<esm2 name>[?seed=N]'"
+        f"checkpoint, or '{_SYNTHETIC_FORM}'"
     )
 
 

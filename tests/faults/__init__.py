@@ -26,6 +26,10 @@ class Fault:
     edge: bool = False
     """Lives only at an edge of the input space (``esmfuzz.edges``): caught under seeds 1
     and 2 and shrunk to at most three sequences."""
+    random_passes: bool = False
+    """A low-precision shortcut that only trained-like activations expose: run on the
+    trained-like synthetic model, and seen to pass on the random one (the contrast is what
+    the trained-like profile is for)."""
     ci: bool = False
     """In CI's fast subset: six faults of different families, each caught and shrunk in
     under a minute and a half on two cores (docs/detection.md has the times). The others
@@ -34,6 +38,9 @@ class Fault:
 
 def _packed(name: str, *extra: str) -> tuple[str, ...]:
     return ("--esm-packed-impl", f"tests.faults.packed:{name}", *extra)
+
+
+TRAINED_LIKE = "synthetic:esm2_t6_8M_UR50D?profile=trained"
 
 
 def _padded(name: str, *extra: str) -> tuple[str, ...]:
@@ -157,6 +164,13 @@ FAULTS = (
         "low-precision softmax",
         _packed("low_precision_softmax"),
         max_residues=128,  # rounding shows on rows of 50+ keys: found in the medium stratum
+    ),
+    Fault(
+        "half_layer_norm_statistics",
+        "LayerNorm statistics in float16 (overflow on massive activations)",
+        _packed("half_layer_norm_statistics", "--esm-model", TRAINED_LIKE),
+        random_passes=True,
+        ci=True,
     ),
     Fault(
         "low_precision_accumulation",

@@ -220,6 +220,34 @@ class LowPrecisionAccumulation(PackedForward):
         return out
 
 
+class HalfLayerNormStatistics(PackedForward):
+    """LayerNorm's mean and variance taken in the model dtype: in float16 a squared
+    deviation past 256 overflows, so a token with a massive activation normalizes to its
+    bias alone. On small activations it rounds as fair-esm's own float16 output does."""
+
+    def norm(self, module, x):
+        centered = x - x.mean(-1, keepdim=True)
+        variance = (centered * centered).mean(-1, keepdim=True)
+        return centered * torch.rsqrt(variance + module.eps) * module.weight + module.bias
+
+
+class HalfScoreAccumulation(PackedForward):
+    """Attention logits q.k summed one head dimension at a time in the model dtype (no
+    float32 accumulator); softmax and values in float32."""
+
+    def attention(self, q, k, v, cu_seqlens, max_seqlen, backend):
+        out = torch.empty_like(q)
+        for start, end in _segments(cu_seqlens):
+            qs, ks = q[start:end].transpose(0, 1), k[start:end].transpose(0, 1)
+            scores = torch.zeros(qs.shape[0], end - start, end - start, dtype=q.dtype,
+                                 device=q.device)
+            for dim in range(q.shape[-1]):
+                scores = scores + qs[..., dim, None] * ks[:, None, :, dim]
+            probs = torch.softmax(scores.float(), dim=-1)
+            out[start:end] = torch.einsum("hqk,khd->qhd", probs, v[start:end].float()).to(q.dtype)
+        return out
+
+
 class FlakyRace(PackedForward):
     """One call in seven returns one corrupted row, as a race would."""
 
@@ -298,6 +326,8 @@ max_seqlen_too_small = MaxSeqlenTooSmall()
 silent_truncation = SilentTruncation()
 low_precision_softmax = LowPrecisionSoftmax()
 low_precision_accumulation = LowPrecisionAccumulation()
+half_layer_norm_statistics = HalfLayerNormStatistics()
+half_score_accumulation = HalfScoreAccumulation()
 flaky_race = FlakyRace()
 at_1022_residues = At1022Residues()
 at_full_tile = AtFullTile()
