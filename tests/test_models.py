@@ -112,7 +112,7 @@ def test_parse_spec_synthetic_default_and_seeded():
         ("nope", r"'nope' is not a fair-esm ESM-2 name"),
         ("synthetic:esm3", r"'esm3' is not one of esm2_t6_8M_UR50D"),
         ("synthetic:esm2_t6_8M_UR50D?seed=x", r"seed='x' must be a whole number"),
-        ("synthetic:esm2_t6_8M_UR50D?profile=real", r"profile='real' must be one of random, trained"),
+        ("synthetic:esm2_t6_8M_UR50D?profile=real", r"profile=.real. must be one of random, "),
         ("synthetic:esm2_t6_8M_UR50D?seed=1&seed=2", r"'seed=2' is not seed=N or profile="),
         ("synthetic:esm2_t6_8M_UR50D?size=2", r"'size=2' is not seed=N or profile=NAME"),
         ("synthetic:", r"expected 'synthetic:<esm2 name>"),

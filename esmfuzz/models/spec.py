@@ -6,7 +6,6 @@ Parsing only: no file is read and no weights are built here.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
