@@ -44,7 +44,7 @@ class LayerProfile:
     """Largest attention logit (after the 1/sqrt(head_dim) scale and rotary)."""
 
 
-def _attention_stats(attn, h, tokens, specials, padding):
+def _attention_stats(attn, h, specials, padding):
     """(mean share, top share, largest logit) of one fair-esm attention layer on ``h``."""
     length, batch, _ = h.shape
     heads, head_dim = attn.num_heads, attn.head_dim
@@ -57,12 +57,11 @@ def _attention_stats(attn, h, tokens, specials, padding):
         q, k = attn.rot_emb(q, k)
     logits = torch.bmm(q, k.transpose(1, 2)).view(batch, heads, length, length)
     logits = logits.masked_fill(padding[:, None, None, :], -math.inf)
-    real = ~padding
-    logit_max = logits[real[:, None, :, None] & real[:, None, None, :]
-                       .expand(-1, heads, length, -1)].max()
+    real = ~padding[:, None, :].expand(-1, heads, -1)
+    logit_max = logits.amax(-1)[real].max()
     probs = torch.softmax(logits.float(), dim=-1)
     on_special = (probs * specials[:, None, None, :]).sum(-1)
-    queries = (real & ~specials)[:, None, :].expand(-1, heads, -1)
+    queries = real & ~specials[:, None, :]
     per_head = (on_special * queries).sum((0, 2)) / queries.sum((0, 2))
     return float(per_head.mean()), float(per_head.max()), float(logit_max)
 
@@ -81,7 +80,7 @@ def activation_profile(model, alphabet, sequences=PROBE) -> list[LayerProfile]:
     def record(index):
         def hook(module, args, kwargs):
             query = kwargs.get("query", args[0] if args else None)
-            attention[index] = _attention_stats(module, query, tokens, specials, padding)
+            attention[index] = _attention_stats(module, query, specials, padding)
         return hook
 
     for index, layer in enumerate(model.layers, start=1):

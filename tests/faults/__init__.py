@@ -31,7 +31,7 @@ class Fault:
     trained-like synthetic model, and seen to pass on the random one (the contrast is what
     the trained-like profile is for)."""
     ci: bool = False
-    """In CI's fast subset: six faults of different families, each caught and shrunk in
+    """In CI's fast subset: seven faults of different families, each caught and shrunk in
     under a minute and a half on two cores (docs/detection.md has the times). The others
     carry the ``slow`` mark; ``pytest tests/test_faults.py -m ""`` runs all."""
 
