@@ -77,6 +77,29 @@ def relative_error_tensor(difference: torch.Tensor, reference: torch.Tensor) -> 
     return segment_relative_errors(difference, reference, [difference.shape[0]])[0]
 
 
+OUTLIER_SIGMAS = 4.0
+"""Elements beyond this many robust standard deviations of their row are outliers."""
+
+
+def _outlier_weights(reference: torch.Tensor) -> torch.Tensor:
+    """Per element, ``min(1, c * sigma_row / |x|)``: 1 on ordinary elements, and on an
+    outlier the factor that brings it down to ``c`` robust standard deviations of its row
+    (``sigma_row`` = median ``|x|`` / 0.6745, ``c`` = :data:`OUTLIER_SIGMAS`).
+
+    Trained transformers carry massive activations, hundreds to thousands, in a few channels
+    of a few tokens (``<cls>``/``<eos>``). Their rounding error scales with their size (a
+    float16 element of 1600 is off by a whole unit), and, amplified by the unit that writes
+    them, by a few ulps of it on correct code; weighed as ordinary elements, that one
+    element becomes the whole error of its row and of a short sequence, a one-dimensional
+    statistic whose ratio to the baselines' is heavy-tailed. Scaled down to the row's
+    ordinary magnitude, an outlier counts by its relative error, as one element of many.
+    A row that is mostly zeros (``<mask>`` at layer 0) is left as it is.
+    """
+    a = reference.abs()
+    cap = OUTLIER_SIGMAS * a.median(-1, keepdim=True).values / 0.6745
+    return torch.where((a > cap) & (cap > 0), cap / a, torch.ones_like(a))
+
+
 def segment_relative_errors(
     difference: torch.Tensor, reference: torch.Tensor, lengths: list[int]
 ) -> torch.Tensor:
@@ -86,8 +109,12 @@ def segment_relative_errors(
     cost more than the forwards they judge at 8M, so the statistics of all sequences
     are segment reductions over the concatenated rows. ``token`` counts from the
     segment's first row; a non-finite row is a segment's worst.
+
+    Massive activations count at their own scale (:func:`_outlier_weights`).
     """
     d, r = _f64(difference), _f64(reference)
+    w = _outlier_weights(r)
+    d, r = d * w, r * w
     device = d.device
     count = torch.tensor(lengths, device=device)
     segment = torch.repeat_interleave(torch.arange(len(lengths), device=device), count)

@@ -44,6 +44,13 @@ def randn(rows: int, seed: int, cols: int = D) -> torch.Tensor:
     return torch.randn(rows, cols, generator=_gen(seed), dtype=F64)
 
 
+def activations(rows: int, seed: int, cols: int = D) -> torch.Tensor:
+    """Random signs and magnitudes in [0.5, 1.5): no element is an outlier of its row
+    (``metrics.OUTLIER_SIGMAS``), so the statistics are plain RMS ratios."""
+    magnitude = 0.5 + torch.rand(rows, cols, generator=_gen(seed + 10**6), dtype=F64)
+    return signs(rows, seed, cols) * magnitude
+
+
 def signs(rows: int, seed: int, cols: int = D) -> torch.Tensor:
     """A +-1 pattern: every token's RMS, and the whole tensor's, is exactly 1."""
     return torch.randint(0, 2, (rows, cols), generator=_gen(seed)).to(F64) * 2 - 1
@@ -84,7 +91,7 @@ LAYERS = (0, 5)
 
 def oracle_outputs(lengths=LENGTHS, layers=LAYERS, seed=0) -> list[dict[int, torch.Tensor]]:
     return [
-        {layer: randn(n + 2, seed=seed + 100 * s + layer) for layer in layers}
+        {layer: activations(n + 2, seed=seed + 100 * s + layer) for layer in layers}
         for s, n in enumerate(lengths)
     ]
 
@@ -152,6 +159,49 @@ def test_segment_relative_errors_name_the_first_non_finite_token():
     assert math.isfinite(rows[0][0]) and math.isfinite(rows[0][1])
     assert math.isnan(rows[1][0]) and math.isnan(rows[1][1]) and rows[1][2] == 1
     assert rows[2][1] == math.inf and rows[2][2] == 1
+
+
+def test_an_outlier_counts_by_its_relative_error():
+    """An element far beyond its row's robust spread is scaled down to c robust standard
+    deviations, and its error with it: its relative error then counts like an ordinary
+    element's at that size. Ordinary elements and mostly-zero rows are left as they are."""
+    ref = activations(5, seed=8)
+    ref[2, 3] = 1600.0
+    sigma = float(ref[2].abs().median()) / 0.6745
+    cap = metrics.OUTLIER_SIGMAS * sigma
+    diff = torch.zeros_like(ref)
+    diff[2, 3] = 1600.0 * 1e-3
+    clipped = ref.clone()
+    clipped[2, 3] = cap
+    total, worst, token = metrics.relative_errors(diff, ref)
+    assert token == 2
+    assert worst == pytest.approx(cap * 1e-3 / math.sqrt(D) / rms(clipped), rel=1e-12)
+    assert total == pytest.approx(cap * 1e-3 / rms(clipped) / math.sqrt(5 * D), rel=1e-12)
+    ordinary = torch.zeros_like(ref)
+    ordinary[1, 4] = 0.01
+    assert metrics.relative_errors(ordinary, ref)[1] == pytest.approx(
+        0.01 / math.sqrt(D) / rms(clipped), rel=1e-12)
+    mostly_zero = torch.zeros(3, D, dtype=F64)
+    mostly_zero[1, 0] = 5.0
+    assert metrics.relative_errors(mostly_zero, mostly_zero)[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("error,ok", [(4.0, True), (0.05 * 1600, False)])
+def test_error_ratio_rounding_of_a_massive_activation(error, ok):
+    """A massive activation (1600, as a trained model's ``<cls>`` carries) that a correct
+    float16 forward rounds 4 ulps away from where both baselines land passes; 5% off fails.
+    Weighed as an ordinary element, the 4 ulps would read 53 against the bound of 8 (2.3 here)."""
+    th = Thresholds()
+    oracle = oracle_outputs()
+    oracle[1][5][0, 3] = 1600.0
+    baseline = noisy(oracle, 1e-3, seed=7)
+    baseline[1][5][0, 3] = 1600.0
+    tested = copy_outputs(baseline)
+    tested[1][5][0, 3] += error
+    verdict = error_ratio({"packed float16": (tested, [baseline], torch.float16)}, oracle, th)
+    assert verdict.ok is ok, verdict.message()
+    if not ok:
+        assert verdict.worst == {"layer": 5, "sequence": 1, "token": 0}
 
 
 # --------------------------------------------------------------------------- error_ratio
@@ -380,7 +430,7 @@ def _context_paths(dtype, thresholds, factor, *, token=None, zero_baseline=False
     """Oracle layers {0, 3, 6} of one 7-row sequence; the two contexts differ at layer 3
     by a sign pattern (uniform, or on ``token`` only) scaled to ``factor`` x the bound."""
     k, atol = thresholds.context_ratio, atol_of(thresholds, dtype)
-    oracle = {layer: randn(7, seed=20 + layer) for layer in (0, 3, 6)}
+    oracle = {layer: activations(7, seed=20 + layer) for layer in (0, 3, 6)}
     if zero_baseline:
         baseline = {layer: t.clone() for layer, t in oracle.items()}
     elif token is None:
