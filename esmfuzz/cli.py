@@ -85,7 +85,9 @@ def cmd_info(args) -> int:
         print(f"{kind:<11}{_implementation(getattr(config, f'{kind}_impl'), kind)}")
     spec = parse_spec(config.model)
     oracle = parse_dtype(config.oracle_dtype, allowed=("float64", "float32"))
-    print(f"model      {spec.text} ({spec.kind})")
+    weights = (f", {'trained-like' if spec.profile == 'trained' else 'random'} weights, "
+               f"seed {spec.seed}" if spec.kind == "synthetic" else "")
+    print(f"model      {spec.text} ({spec.kind}{weights})")
     try:
         chosen = plan_memory(spec, device=device, dtype=dtype, oracle_dtype=oracle,
                              loading=config.loading, device_memory=config.device_memory)

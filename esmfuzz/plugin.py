@@ -49,7 +49,7 @@ __all__ = ["FuzzRecorder", "PROFILES", "check_and_record", "seeded", "stratum_of
 PROFILES = ("quick", "ci", "dev", "soak")
 _OPTIONS = {
     "model": "model spec: fair-esm name, path to a .pt, or "
-             "synthetic:<esm2 name>[?seed=N][&profile=trained]",
+             "synthetic:<esm2 name>[?seed=N][&profile=random] (default: trained-like weights)",
     "device": "auto, cpu, cuda or cuda:N",
     "dtype": "candidate dtype: float16, bfloat16 or float32",
     "oracle-dtype": "error-ratio oracle dtype: float64 (falls back to float32 if it does not fit) "

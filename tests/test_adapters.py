@@ -51,7 +51,8 @@ def test_every_weight_is_mapped_by_name(fair64):
 def test_layers_follow_fair_esm_numbering(fair64, forward):
     """Layer 0 is the embedding output and L is after emb_layer_norm_after (transformers'
     hidden_states[L] is before it). In float64 the two agree to transformers' float32
-    rotary angles and <mask> ratio (about 1e-7); a layer off by one differs by O(1)."""
+    rotary angles and <mask> ratio (about 1e-7, plus 1e-8 of a massive activation: the
+    default model carries 1600 in <cls>); a layer off by one differs by O(1)."""
     model, alphabet = fair64
     _, _, tokens = alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(LAYOUTS[0])])
     layers = list(range(model.num_layers + 1))
@@ -60,7 +61,8 @@ def test_layers_follow_fair_esm_numbering(fair64, forward):
     got = forward(model, tokens, layers)
     real = tokens.ne(alphabet.padding_idx)
     for layer in layers:
-        assert (got[layer] - want[layer])[real].abs().max() < 1e-5, layer
+        scale = want[layer][real].abs().max()
+        assert (got[layer] - want[layer])[real].abs().max() < 1e-5 + 1e-8 * scale, layer
 
 
 @pytest.fixture(scope="module")

@@ -101,9 +101,9 @@ def test_parse_spec_synthetic_default_and_seeded():
     seeded = parse_spec(f"  synthetic:{NAME_15B}?seed=42 ")
     assert (seeded.kind, seeded.name, seeded.seed) == ("synthetic", NAME_15B, 42)
     assert seeded.architecture == ARCHITECTURES[NAME_15B]
-    assert (spec.profile, seeded.profile) == ("random", "random")
-    trained = parse_spec(f"synthetic:{NAME_8M}?profile=trained&seed=3")
-    assert (trained.seed, trained.profile) == (3, "trained")
+    assert (spec.profile, seeded.profile) == ("trained", "trained")
+    random = parse_spec(f"synthetic:{NAME_8M}?profile=random&seed=3")
+    assert (random.seed, random.profile) == (3, "random")
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,10 @@ import torch
 
 DEFAULT_SPEC = "synthetic:esm2_t6_8M_UR50D"
 PROFILES = ("random", "trained")
-"""Weight profiles of a synthetic model (``esmfuzz.models.synthetic``): ``random`` (the
-default until the trained-like one has passed the GPU controls) and ``trained``."""
-DEFAULT_PROFILE = "random"
+"""Weight profiles of a synthetic model (``esmfuzz.models.synthetic``): ``trained`` (the
+default: massive activations, attention sinks, logits past float16's ``exp`` range, as
+trained models have; docs/trained-like.md) and ``random`` (the same weights without them)."""
+DEFAULT_PROFILE = "trained"
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def _synthetic(text: str, known: str) -> ModelSpec:
         if key not in ("seed", "profile") or not value or key in options:
             raise ModelSpecError(f"model spec {text!r}: {item!r} is not seed=N or profile=NAME "
                                  f"(given once each); expected '{_SYNTHETIC_FORM}', e.g. "
-                                 f"'{DEFAULT_SPEC}?seed=1&profile=trained'")
+                                 f"'{DEFAULT_SPEC}?seed=1&profile=random'")
         options[key] = value
     if not name:
         raise ModelSpecError(f"model spec {text!r}: expected '{_SYNTHETIC_FORM}'")
