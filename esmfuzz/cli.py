@@ -56,6 +56,7 @@ def cmd_info(args) -> int:
         plan_memory,
         resolve_device,
     )
+    from esmfuzz.models.memory import one_copy_fits
 
     config = _config(args)
     device = resolve_device(config.device)
@@ -93,6 +94,14 @@ def cmd_info(args) -> int:
                              loading=config.loading, device_memory=config.device_memory)
     except InsufficientMemory as exc:
         print(f"memory     DOES NOT FIT: {exc}")
+        if args.activations:
+            fits, need = one_copy_fits(spec, device,
+                                       device_limit=int(config.device_memory * 2**30) or None)
+            if not fits:
+                print(f"activations skipped: one float32 copy ({need / 2**30:.1f} GiB) does not "
+                      f"fit either")
+                return 0
+            _print_activations(spec, device)
         return 0
     print(f"memory     {chosen.estimate.describe()}; fits")
     print(f"loading    {chosen.loading}: {chosen.note}")

@@ -524,3 +524,20 @@ def test_info_prints_the_activation_profile(capsys):
     assert max(massive) > 1000 > massive[0]
     assert cli.main(["info", "--device", "cpu", "--no-activations"]) == 0
     assert "activations" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("free,profiled", [(2**30, True), (2**20, False)])
+def test_info_profiles_a_model_whose_copies_do_not_fit_together(capsys, monkeypatch, free,
+                                                                 profiled):
+    """The profile needs one float32 copy (8M: 0.03 GiB), not the whole triple: a model
+    too big to fuzz on a machine can still be compared with the synthetic one there. The
+    machine is made small by its free-memory reading."""
+    from esmfuzz.models import memory
+
+    monkeypatch.setattr(memory, "_available", lambda device: free)
+    assert cli.main(["info", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out
+    assert ("largest logit" in out) is profiled
+    assert ("activations skipped: one float32 copy (0.0 GiB) does not fit either" in out) \
+        is not profiled

@@ -90,6 +90,16 @@ def _available(device: torch.device) -> int | None:
     return None
 
 
+def one_copy_fits(spec: ModelSpec, device: torch.device, *,
+                  device_limit: int | None = None) -> tuple[bool, int]:
+    """(whether one float32 copy of ``spec`` fits the host and ``device`` now, within
+    ``device_limit`` bytes of the device, its bytes): the activation profile needs that
+    alone, where the whole model triple may not fit."""
+    need = _parameters_of(spec) * 4
+    free = [_available(place) for place in {torch.device("cpu"), device}]
+    return all(n is None or need <= n for n in free) and need <= (device_limit or need), need
+
+
 def _parameters_of(spec: ModelSpec) -> int:
     """Counted from the checkpoint's tensors (memory-mapped, nothing read): real files hold
     float32 or float16 weights, so the file size alone is off by up to 2x."""
