@@ -95,16 +95,14 @@ def cmd_info(args) -> int:
     except InsufficientMemory as exc:
         print(f"memory     DOES NOT FIT: {exc}")
         if args.activations:
-            fits, need = one_copy_fits(spec, device,
-                                       device_limit=int(config.device_memory * 2**30) or None)
+            fits, need = one_copy_fits(spec, device, device_memory=config.device_memory)
             if not fits:
-                print(f"activations skipped: one float32 copy ({need / 2**30:.1f} GiB) does not "
-                      f"fit either")
+                print(f"activations skipped: one float32 copy ({need / 2**30:.1f} GiB) does "
+                      f"not fit either")
                 return 0
-            _print_activations(spec, device)
-        return 0
-    print(f"memory     {chosen.estimate.describe()}; fits")
-    print(f"loading    {chosen.loading}: {chosen.note}")
+    else:
+        print(f"memory     {chosen.estimate.describe()}; fits")
+        print(f"loading    {chosen.loading}: {chosen.note}")
     if args.activations:
         _print_activations(spec, device)
     return 0

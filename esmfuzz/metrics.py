@@ -15,6 +15,7 @@ __all__ = [
     "mean_abs_diff",
     "non_finite",
     "outlier_count",
+    "outlier_weights",
     "relative_error_tensor",
     "relative_errors",
     "residue_mean",
@@ -81,7 +82,7 @@ OUTLIER_SIGMAS = 4.0
 """Elements beyond this many robust standard deviations of their row are outliers."""
 
 
-def _outlier_weights(reference: torch.Tensor) -> torch.Tensor:
+def outlier_weights(reference: torch.Tensor) -> torch.Tensor:
     """Per element, ``min(1, c * sigma_row / |x|)``: 1 on ordinary elements, and on an
     outlier the factor that brings it down to ``c`` robust standard deviations of its row
     (``sigma_row`` = median ``|x|`` / 0.6745, ``c`` = :data:`OUTLIER_SIGMAS`).
@@ -95,13 +96,14 @@ def _outlier_weights(reference: torch.Tensor) -> torch.Tensor:
     ordinary magnitude, an outlier counts by its relative error, as one element of many.
     A row that is mostly zeros (``<mask>`` at layer 0) is left as it is.
     """
-    a = reference.abs()
+    a = _f64(reference).abs()
     cap = OUTLIER_SIGMAS * a.median(-1, keepdim=True).values / 0.6745
     return torch.where((a > cap) & (cap > 0), cap / a, torch.ones_like(a))
 
 
 def segment_relative_errors(
-    difference: torch.Tensor, reference: torch.Tensor, lengths: list[int]
+    difference: torch.Tensor, reference: torch.Tensor, lengths: list[int], *,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`relative_error_tensor` of each run of ``lengths`` rows at once, ``[S, 3]``.
 
@@ -110,10 +112,12 @@ def segment_relative_errors(
     are segment reductions over the concatenated rows. ``token`` counts from the
     segment's first row; a non-finite row is a segment's worst.
 
-    Massive activations count at their own scale (:func:`_outlier_weights`).
+    Massive activations count at their own scale (:func:`outlier_weights`; pass
+    ``weights`` where several differences share one reference: a row median per call
+    costs more than the rest of the statistics).
     """
     d, r = _f64(difference), _f64(reference)
-    w = _outlier_weights(r)
+    w = outlier_weights(r) if weights is None else weights
     d, r = d * w, r * w
     device = d.device
     count = torch.tensor(lengths, device=device)

@@ -426,13 +426,15 @@ def error_ratio(
     layers = sorted(oracle[0]) if oracle else []
     lengths = [out[layers[0]].shape[0] for out in oracle] if layers else []
     exact = {layer: _stream(oracle, layer) for layer in layers}
+    weights = {layer: metrics.outlier_weights(ref) for layer, ref in exact.items()}
 
     def errors(outputs, layer):
         rows = [out[layer].shape[0] for out in outputs]
         if rows != lengths:
             raise ValueError(f"outputs of {rows} rows per sequence for an oracle of {lengths}")
         ref = exact[layer]
-        return metrics.segment_relative_errors(_stream(outputs, layer) - ref, ref, lengths)
+        return metrics.segment_relative_errors(_stream(outputs, layer) - ref, ref, lengths,
+                                               weights=weights[layer])
 
     _noise_bounds(
         checks,
@@ -546,10 +548,12 @@ def context(
     """
     checks = _Checks(name)
     k = thresholds.context_ratio
+    weights = {layer: metrics.outlier_weights(ref) for layer, ref in oracle.items()}
 
     def errors(difference, layer):
         return metrics.segment_relative_errors(difference, oracle[layer],
-                                               [oracle[layer].shape[0]])
+                                               [oracle[layer].shape[0]],
+                                               weights=weights[layer])
 
     _noise_bounds(
         checks,
@@ -600,12 +604,14 @@ def spread(
         atol = 2 * thresholds.ulp_floor * torch.finfo(dtype).eps
         for layer in layers:
             ref = _stream(oracle, layer)
+            w = metrics.outlier_weights(ref)
             first = _stream(calls[0], layer)
-            base = [metrics.segment_relative_errors(_stream(b, layer) - ref, ref, lengths)
+            base = [metrics.segment_relative_errors(_stream(b, layer) - ref, ref, lengths,
+                                                    weights=w)
                     for b in baselines]
             items += [(label,
                        metrics.segment_relative_errors(_stream(later, layer) - first, ref,
-                                                       lengths),
+                                                       lengths, weights=w),
                        base, atol, layer, range(len(oracle))) for later in calls[1:]]
     _noise_bounds(checks, NONDETERMINISTIC, k, items)
     checks.verdict.notes.append(

@@ -91,13 +91,15 @@ def _available(device: torch.device) -> int | None:
 
 
 def one_copy_fits(spec: ModelSpec, device: torch.device, *,
-                  device_limit: int | None = None) -> tuple[bool, int]:
+                  device_memory: float = 0.0) -> tuple[bool, int]:
     """(whether one float32 copy of ``spec`` fits the host and ``device`` now, within
-    ``device_limit`` bytes of the device, its bytes): the activation profile needs that
-    alone, where the whole model triple may not fit."""
+    ``device_memory`` GiB of the device (0: all that is free), its bytes): the activation
+    profile needs that alone, where the whole model triple may not fit."""
     need = _parameters_of(spec) * 4
     free = [_available(place) for place in {torch.device("cpu"), device}]
-    return all(n is None or need <= n for n in free) and need <= (device_limit or need), need
+    if device_memory:
+        free.append(int(device_memory * 2**30))
+    return all(n is None or need <= n for n in free), need
 
 
 def _parameters_of(spec: ModelSpec) -> int:
