@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from esmfuzz.config import Config, read_pyproject  # noqa: E402
 from esmfuzz.edges import CLASSES  # noqa: E402
-from esmfuzz.harness import Config, read_pyproject  # noqa: E402
 from esmfuzz.reach import edge_reach  # noqa: E402
 
 

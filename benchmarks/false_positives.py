@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 from esmfuzz.alphabet import residue_count  # noqa: E402
-from esmfuzz.harness import Config, crowd_limits, harness_for  # noqa: E402
+from esmfuzz.config import Config, crowd_limits  # noqa: E402
+from esmfuzz.harness import harness_for  # noqa: E402
 from esmfuzz.registry import PROPERTIES  # noqa: E402
 from tests.impls.packed import CONTROLS  # noqa: E402
 

@@ -20,8 +20,9 @@ import time
 import torch
 
 from esmfuzz.alphabet import MASK, STANDARD_RESIDUES
+from esmfuzz.config import Config
 from esmfuzz.forward import packed_forward, padded_forward, run_packed, run_padded
-from esmfuzz.harness import Config, harness_for
+from esmfuzz.harness import harness_for
 from esmfuzz.properties import Sample
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from esmfuzz.errors import EsmfuzzError
+
 __all__ = [
     "MASK",
     "MAX_RESIDUES",
@@ -41,7 +43,7 @@ _SPECIAL_TEXT = ("<cls>", "<pad>", "<eos>", "<unk>", "<null_1>", "<sep>")
 _ALLOWED = set(STANDARD_RESIDUES + RARE_RESIDUES)
 
 
-class InvalidSequence(ValueError):
+class InvalidSequence(EsmfuzzError, ValueError):
     """A sequence string that the model cannot take."""
 
 

@@ -12,6 +12,9 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from esmfuzz.config import BACKENDS
+from esmfuzz.errors import EsmfuzzError
+
 __all__ = [
     "BACKENDS",
     "BackendUnavailable",
@@ -20,11 +23,10 @@ __all__ = [
     "varlen_attention",
 ]
 
-BACKENDS = ("flash-attn", "torch-varlen", "sdpa")
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(EsmfuzzError, RuntimeError):
     """The requested attention backend cannot run on this device and dtype."""
 
 

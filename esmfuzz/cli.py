@@ -11,6 +11,8 @@ import importlib.metadata
 import sys
 from pathlib import Path
 
+from esmfuzz.errors import EsmfuzzError
+
 __all__ = ["main"]
 
 
@@ -22,14 +24,16 @@ def _version(dist: str) -> str:
 
 
 def _config(args):
-    from esmfuzz.harness import Config, read_pyproject
+    from esmfuzz.config import OPTION, merged, read_pyproject
 
-    stored = dict(read_pyproject())
-    Config.from_mapping(stored)
-    given = {k: getattr(args, k) for k in ("model", "device", "dtype", "backend", "loading",
-                                         "device_memory", "packed_impl", "padded_impl")
-             if getattr(args, k, None)}
-    return Config.from_mapping({**stored, **given}, source="command-line options")
+    given = {name: getattr(args, OPTION[name].field) for name in _CONFIG_OPTIONS
+             if getattr(args, OPTION[name].field, None)}
+    return merged(read_pyproject(), given, lambda option: f"command-line options: {option.name}")
+
+
+_CONFIG_OPTIONS = ("model", "device", "dtype", "oracle-dtype", "backend", "loading",
+                   "device-memory", "packed-impl", "padded-impl")
+"""The options of :mod:`esmfuzz.config` that ``esmfuzz info`` takes (``replay``: device)."""
 
 
 def _implementation(name: str, kind: str) -> str:
@@ -49,9 +53,9 @@ def cmd_info(args) -> int:
     import torch
 
     from esmfuzz.attention import BACKENDS, backend_status, select_backend
+    from esmfuzz.config import dtype_name
     from esmfuzz.models import (
         InsufficientMemory,
-        parse_dtype,
         parse_spec,
         plan_memory,
         resolve_device,
@@ -60,7 +64,7 @@ def cmd_info(args) -> int:
 
     config = _config(args)
     device = resolve_device(config.device)
-    dtype = parse_dtype(config.dtype)
+    dtype = config.dtype
     print(f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     print(f"fair-esm   {_version('fair-esm')}")
     print(f"flash-attn {_version('flash-attn')}")
@@ -70,7 +74,7 @@ def cmd_info(args) -> int:
         print(f"adapters   {', '.join(libraries)}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device     {device} ({name})")
-    print(f"dtype      candidate {config.dtype}, oracle {config.oracle_dtype}")
+    print(f"dtype      candidate {dtype_name(dtype)}, oracle {dtype_name(config.oracle_dtype)}")
     print("backends")
     status = backend_status(device, dtype)
     for backend in BACKENDS:
@@ -85,7 +89,7 @@ def cmd_info(args) -> int:
     for kind in ("packed", "padded"):
         print(f"{kind:<11}{_implementation(getattr(config, f'{kind}_impl'), kind)}")
     spec = parse_spec(config.model)
-    oracle = parse_dtype(config.oracle_dtype, allowed=("float64", "float32"))
+    oracle = config.oracle_dtype
     weights = (f", {'trained-like' if spec.profile == 'trained' else 'random'} weights, "
                f"seed {spec.seed}" if spec.kind == "synthetic" else "")
     print(f"model      {spec.text} ({spec.kind}{weights})")
@@ -124,7 +128,8 @@ def _print_activations(spec, device) -> None:
 def cmd_replay(args) -> int:
     from esmfuzz.attention import BackendUnavailable
     from esmfuzz.corpus import load_corpus
-    from esmfuzz.harness import HarnessFailure, config_for_case, harness_for
+    from esmfuzz.errors import HarnessError
+    from esmfuzz.harness import config_for_case, harness_for
 
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # implementations import as under `python -m`
@@ -140,7 +145,7 @@ def cmd_replay(args) -> int:
         except BackendUnavailable as exc:
             rows.append((path, case, "skipped", str(exc)))
             continue
-        except HarnessFailure as exc:  # esmfuzz's own failure: says nothing of the case
+        except HarnessError as exc:  # esmfuzz's own failure: says nothing of the case
             rows.append((path, case, "NOT CHECKED", f"{exc} ({exc.advice})"))
             failed += 1
             continue
@@ -246,15 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     report = sub.add_parser("report", help="write a soak run's HTML report")
     report.add_argument("run_dir", help="a soak run directory")
     report.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
-    for p in (info, replay, show):
-        p.add_argument("--device")
-    for key in ("model", "dtype", "backend", "loading"):
-        info.add_argument(f"--{key}")
-    info.add_argument("--device-memory", help="GiB esmfuzz may use on the device")
+    from esmfuzz.config import OPTION
+
+    for p in (replay, show):
+        p.add_argument("--device", help=OPTION["device"].help)
+    for name in _CONFIG_OPTIONS:
+        info.add_argument(f"--{name}", dest=OPTION[name].field, help=OPTION[name].help)
     info.add_argument("--no-activations", dest="activations", action="store_false",
                       help="skip loading the model for its activation profile")
-    info.add_argument("--packed-impl", help="packed forward under test, module:function")
-    info.add_argument("--padded-impl", help="padded forward under test, module:function")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "soak":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"info": cmd_info, "replay": cmd_replay, "show": cmd_show, "known": cmd_known,
                     "soak": cmd_soak, "report": cmd_report}
         return commands[args.command](args)
-    except (ValueError, RuntimeError) as exc:
+    except (EsmfuzzError, ValueError, RuntimeError) as exc:
         print(f"esmfuzz: error: {exc}", file=sys.stderr)
         return 2
 

@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from esmfuzz.alphabet import InvalidSequence, residue_count, validate_sequence
+from esmfuzz.errors import EsmfuzzError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -90,7 +91,7 @@ _NO_LINK_ERRNOS = {
 }
 
 
-class CorpusError(ValueError):
+class CorpusError(EsmfuzzError, ValueError):
     """A corpus file or case that cannot be used; the message names the file and field."""
 
     def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:

@@ -22,6 +22,8 @@ from esm.rotary_embedding import rotate_half
 
 from esmfuzz.alphabet import residue_count
 from esmfuzz.attention import select_backend, varlen_attention
+from esmfuzz.config import DEFAULT_PACKED, DEFAULT_PADDED, ConfigError, parse_implementation
+from esmfuzz.errors import EsmfuzzError
 from esmfuzz.packing import check_packed, pack, pad, position_ids, unpack
 
 __all__ = [
@@ -41,13 +43,11 @@ __all__ = [
     "run_padded",
 ]
 
-DEFAULT_PADDED = "esmfuzz.forward:padded_forward"
-DEFAULT_PACKED = "esmfuzz.forward:packed_forward"
 
 _MASK_RATIO_TRAIN = 0.15 * 0.8
 
 
-class ImplementationError(RuntimeError):
+class ImplementationError(EsmfuzzError, RuntimeError):
     """A user implementation that cannot be imported or breaks the forward contract."""
 
 
@@ -344,9 +344,11 @@ def load_implementation(spec: str | Callable, *, option: str = "implementation")
     """
     if callable(spec):
         return spec
-    module_name, sep, attr = str(spec).partition(":")
-    if not sep or not module_name or not attr:
-        raise ImplementationError(f"{option}={spec!r} must have the form 'module:function'")
+    try:
+        parse_implementation(spec, option)
+    except ConfigError as exc:
+        raise ImplementationError(str(exc)) from None
+    module_name, _, attr = str(spec).partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # a SyntaxError or a crash at import time is a usage error too

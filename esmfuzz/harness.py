@@ -12,26 +12,22 @@ import gc
 import math
 import os
 import time
-import tomllib
-import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
 from esmfuzz import properties as P
 from esmfuzz import registry
-from esmfuzz.attention import BACKENDS, backend_status, select_backend
+from esmfuzz.attention import backend_status, select_backend
+from esmfuzz.config import BACKENDS, DEFAULT_PACKED, DEFAULT_PADDED, Config, dtype_name
 from esmfuzz.corpus import Case, environment
+from esmfuzz.errors import HarnessError
 from esmfuzz.forward import (
-    DEFAULT_PACKED,
-    DEFAULT_PADDED,
     ImplementationFailure,
     PackedForward,
     implementation_name,
-    is_out_of_memory,
     load_implementation,
     oracle_forward,
     packed_forward,
@@ -39,196 +35,10 @@ from esmfuzz.forward import (
     run_packed,
     run_padded,
 )
-from esmfuzz.models import DEFAULT_SPEC, ModelPair, model_pair, parse_dtype, resolve_device
-from esmfuzz.models.loading import LOADINGS
+from esmfuzz.models import ModelPair, model_pair
 from esmfuzz.properties import Sample
 
-__all__ = [
-    "PATHS",
-    "Config",
-    "Harness",
-    "HarnessFailure",
-    "Repeat",
-    "config_for_case",
-    "crowd_limits",
-    "harness_for",
-    "read_pyproject",
-]
-
-
-@dataclass(frozen=True)
-class Config:
-    """What to test: the keys of ``[tool.esmfuzz]`` and the ``--esm-*`` options."""
-
-    model: str = DEFAULT_SPEC
-    device: str = "auto"
-    dtype: str = "float16"
-    oracle_dtype: str = "float64"
-    backend: str = "auto"
-    packed_impl: str = DEFAULT_PACKED
-    padded_impl: str = DEFAULT_PADDED
-    corpus: str = "corpus"
-    pack_tokens: int = 1536
-    """Token budget of a generated pack: one very long sequence plus neighbours by default;
-    raise it (4096 and more) to reach positions where FP16/BF16 rounding shows."""
-    crowd_tokens: int = 0
-    """Token budget of the ``crowded`` stratum (many short proteins in one pack); 0 picks
-    6144 for the quick and ci profiles on the CPU, else 16384."""
-    crowd_sequences: int = 0
-    """Most sequences in a ``crowded`` pack; 0 picks 128 for quick and ci on the CPU,
-    else 256."""
-    loading: str = "auto"
-    """``together`` (every copy on the device), ``sequential`` (one copy on the device at a
-    time, for models whose copies do not fit together), or ``auto`` (the memory estimate
-    decides, and the run's header says which it chose)."""
-    device_memory: float = 0.0
-    """GiB of device memory esmfuzz may use (0: all that is free), for a GPU it shares with
-    other work; the memory plan (and the loading mode it picks) keeps within it."""
-    paths: str = "auto"
-    """Dtype paths the implementations under test are checked on: ``both`` (candidate dtype
-    and FP32), ``candidate`` (candidate dtype only, for FP16/BF16-only kernels), or ``auto``
-    (both, dropping FP32 with a note where the implementation refuses it with a TypeError)."""
-    masks: bool = True
-    """Whether generated sequences hold ``<mask>`` (false for pipelines that never see it,
-    such as translated reads)."""
-    residues: str = "all"
-    """``all`` residues, or ``standard`` (the 20 amino acids: no X B Z U O)."""
-    shrink_seconds: float = 0.0
-    """Seconds a target may spend shrinking its failure (0: Hypothesis's own limit); past
-    them the smallest failure so far is saved, with a note that it may not be minimal."""
-    timeout: float = 0.0
-    """Seconds one call of an implementation under test may take (0: no limit); a call over
-    the limit is a finding."""
-    thresholds: P.Thresholds = field(default_factory=P.Thresholds)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, object], *, source: str = "[tool.esmfuzz]"):
-        known = {f.name for f in dataclasses.fields(cls)}
-        clean: dict[str, object] = {}
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name == "thresholds":
-                if not isinstance(value, Mapping):
-                    raise ValueError(f"{source}: thresholds must be a table, got {value!r}")
-                clean[name] = P.Thresholds.from_mapping(value, source=f"{source}.thresholds")
-            elif name in _INT_KEYS:
-                least, why, zero_is_default = _INT_KEYS[name]
-                option = name.replace("_", "-")
-                try:
-                    clean[name] = int(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"{source}: {option}={value!r} is not an int") from None
-                if clean[name] < least and not (zero_is_default and clean[name] == 0):
-                    raise ValueError(f"{source}: {option}={value!r} must be at least {least} "
-                                     f"({why})")
-            elif name == "masks":
-                if isinstance(value, str) and value.lower() in ("true", "false"):
-                    value = value.lower() == "true"
-                if not isinstance(value, bool):
-                    raise ValueError(f"{source}: masks={value!r} must be true or false")
-                clean[name] = value
-            elif name in ("timeout", "shrink_seconds", "device_memory"):
-                option = name.replace("_", "-")
-                try:
-                    clean[name] = float(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"{source}: {option}={value!r} is not a number") from None
-                if not (math.isfinite(clean[name]) and clean[name] >= 0):
-                    raise ValueError(
-                        f"{source}: {option}={value!r} must be a finite number of "
-                        f"{'GiB' if name == 'device_memory' else 'seconds'}, at least 0 "
-                        f"(0: no limit)"
-                    )
-            elif name in known:
-                clean[name] = str(value)
-            else:
-                raise ValueError(f"{source}: unknown key {key!r}; known: {sorted(known)}")
-        config = cls(**clean)
-        parse_dtype(config.dtype, option=f"{source} dtype")
-        parse_dtype(
-            config.oracle_dtype, option=f"{source} oracle-dtype", allowed=("float64", "float32")
-        )
-        if config.residues not in ("all", "standard"):
-            raise ValueError(f"{source}: residues={config.residues!r} is not one of all, standard")
-        if config.loading not in LOADINGS:
-            raise ValueError(
-                f"{source}: loading={config.loading!r} is not one of {', '.join(LOADINGS)}"
-            )
-        if config.paths not in PATHS:
-            raise ValueError(
-                f"{source}: paths={config.paths!r} is not one of {', '.join(PATHS)}"
-            )
-        if config.backend not in ("auto",) + BACKENDS:
-            raise ValueError(
-                f"{source}: backend={config.backend!r} is not one of "
-                f"{', '.join(('auto',) + BACKENDS)}"
-            )
-        return config
-
-
-PATHS = ("auto", "both", "candidate")
-_INT_KEYS = {
-    "pack_tokens": (1027, "one 1022-residue sequence, <cls>, <eos>, one more", False),
-    "crowd_tokens": (1024, "or 0 for the default", True),
-    "crowd_sequences": (2, "or 0 for the default", True),
-}
-"""Integer keys: (least value, why, whether 0 means "the default")."""
-
-
-def crowd_limits(config: Config, *, profile: str) -> tuple[int, int]:
-    """(most sequences, token budget) of the ``crowded`` stratum under ``profile``."""
-    small = profile in ("quick", "ci") and resolve_device(config.device).type == "cpu"
-    return (
-        config.crowd_sequences or (128 if small else 256),
-        config.crowd_tokens or (6144 if small else 16384),
-    )
-
-
-def read_pyproject(start: Path | str = ".") -> dict:
-    """The ``[tool.esmfuzz]`` table of the nearest pyproject.toml at or above ``start``."""
-    here = Path(start).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            with candidate.open("rb") as handle:
-                return tomllib.load(handle).get("tool", {}).get("esmfuzz", {})
-    return {}
-
-
-class HarnessFailure(RuntimeError):
-    """esmfuzz's own computation failed: its oracle, a baseline, a default forward standing
-    in for an implementation the user did not give, or its checks. Never a finding against
-    the code under test: the example is skipped and counted (:meth:`Harness.check` retried
-    it once first, after freeing cached memory).
-
-    ``reason`` groups the skips of a run (``esmfuzz's float64 oracle ran out of memory``);
-    ``advice`` says what to do about it; ``details`` hold the traceback.
-    """
-
-    def __init__(self, reason: str, cause: str, *, advice: str, details=()):
-        super().__init__(f"{reason}: {cause}")
-        self.reason = reason
-        self.advice = advice
-        self.details = list(details)
-
-    @classmethod
-    def of(cls, role: str, exc: BaseException) -> HarnessFailure:
-        """``role`` (``esmfuzz's float64 oracle``) failed with ``exc``."""
-        memory = is_out_of_memory(exc) or getattr(exc, "metric", "") == "out_of_memory"
-        reason = f"{role} {'ran out of memory' if memory else f'raised {_cause_name(exc)}'}"
-        advice = (
-            "lower --esm-crowd-tokens or --esm-pack-tokens, or set --esm-device-memory to "
-            "what this process may use" if memory else
-            "this is esmfuzz's error, not the code under test's: please report it with the "
-            "traceback"
-        )
-        details = getattr(exc, "details", None) or traceback.format_exception(exc)
-        return cls(reason, str(exc), advice=advice, details=details)
-
-
-def _cause_name(exc: BaseException) -> str:
-    cause = exc.__cause__ if isinstance(exc, ImplementationFailure) and exc.__cause__ else exc
-    return type(cause).__name__
+__all__ = ["Harness", "Repeat", "config_for_case", "harness_for"]
 
 
 @dataclass
@@ -351,7 +161,7 @@ class Harness:
 
     def _owned(self, impl, role: str, compute: Callable[[], list[dict]]):
         """``compute`` of an implementation under test as it is; of esmfuzz's own forward
-        (``role``), with its failures made :class:`HarnessFailure`."""
+        (``role``), with its failures made :class:`HarnessError`."""
         if impl in self._mine:
             return compute
 
@@ -359,7 +169,7 @@ class Harness:
             try:
                 return compute()
             except ImplementationFailure as failure:
-                raise HarnessFailure.of(role, failure) from failure
+                raise HarnessError.of(role, failure) from failure
 
         return run
 
@@ -379,7 +189,7 @@ class Harness:
 
     def oracle(self, sequences: Sequence[str], layers) -> list[dict]:
         """The FP64 oracle (FP32 where a float64 copy does not fit), length-bucketed."""
-        dtype = str(self.pair.oracle.embed_tokens.weight.dtype)[6:]
+        dtype = dtype_name(self.pair.oracle.embed_tokens.weight.dtype)
         return self._run_padded(self.oracle_impl, self.pair.oracle, sequences, layers,
                                 bucketed=True, role=f"esmfuzz's {dtype} oracle")
 
@@ -432,7 +242,7 @@ class Harness:
     def refusal_notes(self) -> list[str]:
         return [
             f"the {kind} implementation refused float32 ({why}); only its "
-            f"{str(self.pair.dtype)[6:]} path is checked (paths = auto)"
+            f"{dtype_name(self.pair.dtype)} path is checked (paths = auto)"
             for kind, why in self.refused.items()
         ]
 
@@ -456,7 +266,7 @@ class Harness:
         An implementation under test that runs out of memory, and any failure of esmfuzz's
         own forwards or checks, is retried once after freeing cached memory. Out of memory
         again, the implementation's verdict is ``out_of_memory``; esmfuzz's own failure
-        raises :class:`HarnessFailure`: the caller skips the example, never blames the code
+        raises :class:`HarnessError`: the caller skips the example, never blames the code
         under test.
         """
         entry = registry.get(prop)
@@ -467,11 +277,11 @@ class Harness:
             try:
                 verdict = self._check_once(entry, sample, layers, explain, reuse)
                 break
-            except (HarnessFailure, ImplementationFailure) as failure:
+            except (HarnessError, ImplementationFailure) as failure:
                 if attempt == 1:
                     self.free_memory()
                     continue
-                if isinstance(failure, HarnessFailure):
+                if isinstance(failure, HarnessError):
                     raise
                 verdict = P.Verdict.failed(prop, failure.metric, str(failure), failure.details,
                                            tokens=failure.tokens)
@@ -481,9 +291,9 @@ class Harness:
         return verdict
 
     def _check_once(self, entry, sample: Sample, layers, explain: bool, reuse) -> P.Verdict:
-        """One try of :meth:`check`. Raises what is worth a retry: a HarnessFailure, or an
+        """One try of :meth:`check`. Raises what is worth a retry: a HarnessError, or an
         implementation under test that ran out of memory; any other exception of esmfuzz's
-        own code becomes a HarnessFailure."""
+        own code becomes a HarnessError."""
         try:
             self._outputs = {} if reuse is None else reuse
             try:
@@ -493,15 +303,15 @@ class Harness:
                     raise
                 return P.Verdict.failed(entry.name, failure.metric, str(failure),
                                         failure.details)
-            except HarnessFailure:
+            except HarnessError:
                 raise
             except Exception as exc:
-                raise HarnessFailure.of("esmfuzz's checks", exc) from exc
+                raise HarnessError.of("esmfuzz's checks", exc) from exc
             if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
                 self._outputs = {}  # the re-run calls the implementation afresh
                 try:
                     explained = entry.run(self, sample, self.all_layers)
-                except HarnessFailure as failure:
+                except HarnessError as failure:
                     verdict.notes.append(f"not explained on every layer: {failure}")
                     return verdict
                 if explained.ok:
@@ -541,15 +351,15 @@ class Harness:
             for key in keys:
                 kind, _, model, sequences, layers = key[0], key[1], models[key[2]], key[3], key[4]
                 dtype = model.embed_tokens.weight.dtype
-                paths.append((f"{kind} {str(dtype)[6:]}", [run[key] for run in runs],
+                paths.append((f"{kind} {dtype_name(dtype)}", [run[key] for run in runs],
                               self.baselines(model, sequences, layers),
                               self.oracle(sequences, layers), dtype))
             spread = P.spread(paths, self.thresholds, name=prop,
                               k=getattr(self.thresholds, entry.noise))
-        except HarnessFailure:
+        except HarnessError:
             raise
         except Exception as exc:
-            raise HarnessFailure.of("esmfuzz's checks", exc) from exc
+            raise HarnessError.of("esmfuzz's checks", exc) from exc
         finally:
             self._outputs = None
         return Repeat(verdicts, spread)
@@ -601,7 +411,7 @@ class Harness:
             property=prop,
             sequences=tuple(sample.sequences),
             model=self.pair.spec.text,
-            dtype=str(self.pair.dtype)[6:],
+            dtype=dtype_name(self.pair.dtype),
             backend=self.backend,
             implementations={
                 "packed": _name(self.config.packed_impl),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from esmfuzz.alphabet import validate_sequence
+from esmfuzz.errors import EsmfuzzError
 
 __all__ = [
     "PackedBatch",
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-class PackingError(ValueError):
+class PackingError(EsmfuzzError, ValueError):
     """A packed batch whose fields contradict the packed contract."""
 
 

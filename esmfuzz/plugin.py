@@ -27,17 +27,10 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from esmfuzz import edges
 from esmfuzz.alphabet import residue_count
+from esmfuzz.config import Config, crowd_limits, read_pyproject
 from esmfuzz.corpus import Case, CorpusError, load_case, load_corpus, save_case
 from esmfuzz.edges import Scope
-from esmfuzz.harness import (
-    Config,
-    Harness,
-    HarnessFailure,
-    Repeat,
-    crowd_limits,
-    harness_for,
-    read_pyproject,
-)
+from esmfuzz.harness import Harness, HarnessError, Repeat, harness_for
 from esmfuzz.properties import FAILURE_KINDS, NONDETERMINISTIC, Sample, Verdict
 from esmfuzz.registry import PROPERTIES
 from esmfuzz.runlog import RunLog
@@ -528,7 +521,7 @@ class FuzzRecorder:
             self._corpus_cache = load_corpus(self.config.corpus)
         return self._corpus_cache
 
-    def skip(self, target: str, failure: HarnessFailure) -> None:
+    def skip(self, target: str, failure: HarnessError) -> None:
         """One example not checked: esmfuzz's own computation failed (never a finding)."""
         item = self.skipped.setdefault(failure.reason, {"advice": failure.advice,
                                                         "first": str(failure), "targets": {}})
@@ -859,11 +852,11 @@ def check_and_record(
                 and verdict.metric not in FAILURE_KINDS):
             verdict, judged = _judged(harness, recorder, prop, stratum, sample, verdict, sig)
             sig = None if verdict.ok else signature(verdict, harness.layers)
-    except HarnessFailure as failure:
+    except HarnessError as failure:
         recorder.skip(target_name, failure)
         return None
     except Exception as exc:  # esmfuzz's own code, outside the check (never a finding)
-        recorder.skip(target_name, HarnessFailure.of("esmfuzz's checks", exc))
+        recorder.skip(target_name, HarnessError.of("esmfuzz's checks", exc))
         return None
     if recorder.soak is not None and recorder.soak.log is not None:
         recorder.soak.log.timing(target_name, time.perf_counter() - started,

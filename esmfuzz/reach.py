@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from hypothesis import given, settings
 
 from esmfuzz import edges
-from esmfuzz.harness import Config, crowd_limits
+from esmfuzz.config import Config, crowd_limits
 from esmfuzz.plugin import seeded
 from esmfuzz.properties import Sample
 from esmfuzz.registry import PROPERTIES

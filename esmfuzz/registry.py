@@ -170,7 +170,7 @@ def scope(config, stratum: str | None, *, min_sequences: int = 1,
     """The layouts of a target in ``stratum``: crowded packs (``crowd_limits``), layouts whose
     longest sequence lies in a length stratum (8 sequences, ``pack_tokens``), or, for None,
     any layout (16 sequences, ``pack_tokens``), each bounded further by the arguments."""
-    from esmfuzz.harness import crowd_limits
+    from esmfuzz.config import crowd_limits
     from strategies import LENGTH_STRATA
 
     if stratum == CROWDED:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from esmfuzz.errors import EsmfuzzError
+
 __all__ = ["write_report", "render_report"]
 
 _STRATA = ("short", "medium", "long", "very_long", "crowded", "mixed")
@@ -35,7 +37,7 @@ _RARE = ("X", "B", "U", "Z", "O", "<mask>")
 exactly what the coverage plot is for (:data:`esmfuzz.alphabet.RARE_RESIDUES`)."""
 
 
-class ReportError(ValueError):
+class ReportError(EsmfuzzError, ValueError):
     """A run directory or ``statistics.json`` that cannot be reported; the message names it."""
 
 

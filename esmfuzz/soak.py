@@ -22,6 +22,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from esmfuzz.config import option_value
+from esmfuzz.errors import EsmfuzzError
+
 __all__ = ["SoakError", "SoakRun", "parse_duration", "run_soak"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -34,7 +37,7 @@ _BROKEN = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests
 """pytest exit codes after which another round would fail the same way."""
 
 
-class SoakError(ValueError):
+class SoakError(EsmfuzzError, ValueError):
     """A soak option or run directory that cannot be used; the message names it."""
 
 
@@ -116,7 +119,7 @@ def _workers(text: str, pytest_args: list[str]) -> tuple[int, str]:
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus == 0 or _option(pytest_args, "device", "auto") == "cpu":
+    if gpus == 0 or option_value(pytest_args, "device") == "cpu":
         return 1, "auto: no GPU in use, one worker (a CPU forward uses every core already)"
     cores = max(1, (os.cpu_count() or 1) // gpus)
     fit = _fitting(pytest_args)
@@ -129,32 +132,18 @@ def _fitting(pytest_args: list[str]) -> int:
     """How many processes' model copies fit on one GPU, by esmfuzz's memory estimate."""
     import torch
 
-    from esmfuzz.models import estimate_memory, parse_dtype, parse_spec
+    from esmfuzz.models import estimate_memory, parse_spec
 
-    spec = parse_spec(_option(pytest_args, "model", "synthetic:esm2_t6_8M_UR50D"))
-    oracle = parse_dtype(_option(pytest_args, "oracle-dtype", "float64"),
-                         allowed=("float64", "float32"))
-    estimate = estimate_memory(spec, device="cuda:0", oracle_dtype=oracle,
-                               dtype=parse_dtype(_option(pytest_args, "dtype", "float16")))
+    spec = parse_spec(option_value(pytest_args, "model"))
+    estimate = estimate_memory(spec, device="cuda:0",
+                               oracle_dtype=option_value(pytest_args, "oracle-dtype"),
+                               dtype=option_value(pytest_args, "dtype"))
     _, total = torch.cuda.mem_get_info(0)
     return max(1, int(0.9 * total // estimate.device_bytes))
 
 
-def _option(pytest_args: list[str], name: str, default: str) -> str:
-    """``--esm-NAME`` among the pytest arguments, else ``[tool.esmfuzz]``, else ``default``."""
-    from esmfuzz.harness import read_pyproject
-
-    flag = f"--esm-{name}"
-    for i, arg in enumerate(pytest_args):
-        if arg == flag and i + 1 < len(pytest_args):
-            return pytest_args[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return str(read_pyproject().get(name, default))
-
-
 def _corpus_of(pytest_args: list[str]) -> str:
-    return str(Path(_option(pytest_args, "corpus", "corpus")).resolve())
+    return str(Path(option_value(pytest_args, "corpus")).resolve())
 
 
 def _has_path(pytest_args: list[str]) -> bool:

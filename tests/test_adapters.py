@@ -15,8 +15,9 @@ import torch
 pytest.importorskip("transformers", reason="the transformers extra is not installed")
 
 from esmfuzz.adapters import transformers as adapter  # noqa: E402
+from esmfuzz.config import Config  # noqa: E402
 from esmfuzz.forward import ImplementationError, load_implementation  # noqa: E402
-from esmfuzz.harness import Config, harness_for  # noqa: E402
+from esmfuzz.harness import harness_for  # noqa: E402
 from esmfuzz.models import load_model  # noqa: E402
 from esmfuzz.properties import Sample  # noqa: E402
 

@@ -186,7 +186,8 @@ def test_esme_omits_the_token_dropout_rescale(standin, fair64):
 
 @pytest.fixture(scope="module")
 def harness(standin, esmfuzz_cache, one_cpu_thread):
-    from esmfuzz.harness import Config, harness_for
+    from esmfuzz.config import Config
+    from esmfuzz.harness import harness_for
 
     return harness_for(Config(device="cpu", packed_impl=f"{MODULE}:packed_forward_standin",
                               padded_impl=f"{MODULE}:padded_forward_standin"))

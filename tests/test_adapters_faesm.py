@@ -72,7 +72,8 @@ def test_layers_follow_fair_esm_numbering(adapter, fair64, layout):
 
 @pytest.fixture(scope="module")
 def harness(adapter, tmp_path_factory):
-    from esmfuzz.harness import Config, harness_for
+    from esmfuzz.config import Config
+    from esmfuzz.harness import harness_for
 
     os.environ.setdefault("ESMFUZZ_CACHE", str(tmp_path_factory.mktemp("esmfuzz-cache")))
     return harness_for(Config(device="cpu", padded_impl=PATHS[0]))

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from esmfuzz import cli
+from esmfuzz.config import Config
 from esmfuzz.corpus import load_corpus
+from esmfuzz.errors import HarnessError
 from esmfuzz.forward import oracle_forward
-from esmfuzz.harness import Config, Harness, HarnessFailure
+from esmfuzz.harness import Harness
 from esmfuzz.plugin import FuzzRecorder, _judged
 from esmfuzz.properties import FAILURE_KINDS, Sample, Thresholds, Verdict
 from esmfuzz.triage import signature
@@ -63,7 +65,7 @@ def test_oracle_that_fails_once_is_retried_after_freeing_memory():
 def test_oracle_that_keeps_failing_is_esmfuzz_error_never_a_verdict(error, reason, advice):
     harness = _harness()
     harness.oracle_impl, calls = _failing_oracle(10**6, error)
-    with pytest.raises(HarnessFailure) as info:
+    with pytest.raises(HarnessError) as info:
         harness.check("error_ratio", PAIR)
     assert info.value.reason == reason and advice in info.value.advice
     assert "loop_packed" not in str(info.value)

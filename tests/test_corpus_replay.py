@@ -6,7 +6,8 @@ import pytest
 
 from esmfuzz.attention import BackendUnavailable
 from esmfuzz.corpus import load_corpus
-from esmfuzz.harness import HarnessFailure, config_for_case, harness_for
+from esmfuzz.errors import HarnessError
+from esmfuzz.harness import config_for_case, harness_for
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 _cases, _errors = load_corpus(CORPUS)
@@ -27,7 +28,7 @@ def test_corpus_case(case):
         pytest.skip(str(exc))
     try:
         verdict = harness.check_case(case)
-    except HarnessFailure as exc:
+    except HarnessError as exc:
         pytest.skip(f"esmfuzz could not check this case ({exc.advice}): {exc}")
     assert verdict.ok, verdict.message()
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, find, given, settings
 
 from esmfuzz import edges
+from esmfuzz.config import Config
 from esmfuzz.edges import Scope
-from esmfuzz.harness import Config
 from esmfuzz.reach import edge_reach, targets
 from strategies import crowded_layouts, packing_layouts, stratified_layouts
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from esmfuzz.harness import Config, Harness
+from esmfuzz.config import Config
+from esmfuzz.harness import Harness
 from esmfuzz.properties import Sample
 from esmfuzz.registry import PROPERTIES
 

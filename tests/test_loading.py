@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from esmfuzz.harness import Config, Harness
+from esmfuzz.config import Config
+from esmfuzz.harness import Harness
 from esmfuzz.models import (
     ARCHITECTURES,
     DEFAULT_SPEC,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from esmfuzz.alphabet import residue_count
-from esmfuzz.harness import Config, Harness
+from esmfuzz.config import Config
+from esmfuzz.harness import Harness
 from esmfuzz.plugin import _tightened
 from esmfuzz.properties import Sample
 from esmfuzz.tighten import smaller_samples, tighten

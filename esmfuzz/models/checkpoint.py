@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from esmfuzz.errors import EsmfuzzError
 from esmfuzz.models.spec import ModelSpec, parse_spec
 from esmfuzz.models.synthetic import synthetic_checkpoint
 
@@ -22,7 +23,7 @@ _SAFE_GLOBALS = [argparse.Namespace]
 """What real ESM-2 checkpoints pickle besides tensors: ``cfg['model']`` is a Namespace."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EsmfuzzError, RuntimeError):
     """A checkpoint file that is missing, corrupt, not fair-esm, or not safe to unpickle."""
 
 

@@ -14,9 +14,10 @@ import time
 
 import torch
 
+from esmfuzz.config import LOADINGS
+
 __all__ = ["LOADINGS", "Shuttle", "device_copy"]
 
-LOADINGS = ("auto", "together", "sequential")
 
 
 def device_copy(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from esmfuzz.errors import EsmfuzzError
 from esmfuzz.models.loading import LOADINGS
 from esmfuzz.models.spec import Architecture, ModelSpec, parse_spec
 
 
-class InsufficientMemory(RuntimeError):
+class InsufficientMemory(EsmfuzzError, RuntimeError):
     """Loading would need more memory than the device has free."""
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_SPEC = "synthetic:esm2_t6_8M_UR50D"
+from esmfuzz.config import DEFAULT_MODEL
+from esmfuzz.errors import EsmfuzzError
+
+DEFAULT_SPEC = DEFAULT_MODEL
 PROFILES = ("random", "trained")
 """Weight profiles of a synthetic model (``esmfuzz.models.synthetic``): ``trained`` (the
 default: massive activations, attention sinks, logits past float16's ``exp`` range, as
@@ -48,7 +51,7 @@ ARCHITECTURES = {
 }
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(EsmfuzzError, ValueError):
     """A model spec that names no model esmfuzz can load."""
 
 
