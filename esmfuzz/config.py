@@ -36,6 +36,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Option",
+    "check_runnable",
     "crowd_limits",
     "dtype_name",
     "hypothesis_settings",
@@ -445,3 +446,32 @@ def example_database(url: str):
     if "://" in url:
         raise ConfigError(f"{url!r} is neither a directory nor a redis:// URL")
     return DirectoryBasedExampleDatabase(url)
+
+
+def check_runnable(config: Config, report: str | None = None) -> None:
+    """What would otherwise fail only once the model loads, in every test: one
+    :class:`ConfigError` before anything runs (device, backend, model spec, checkpoint,
+    memory, report path)."""
+    from esmfuzz.attention import select_backend
+    from esmfuzz.models import parse_spec, plan_memory, resolve_device
+
+    try:
+        device = resolve_device(config.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--esm-device: {exc}") from None
+    try:
+        select_backend(config.backend, device, config.dtype)
+        plan_memory(parse_spec(config.model), device=device, dtype=config.dtype,
+                    oracle_dtype=config.oracle_dtype, loading=config.loading,
+                    device_memory=config.device_memory)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    if report:
+        folder = Path(report).resolve().parent
+        problem = (
+            "does not exist" if not folder.is_dir()
+            else "is not writable" if not os.access(folder, os.W_OK)
+            else None
+        )
+        if problem:
+            raise ConfigError(f"--esm-report {report!r}: folder {str(folder)!r} {problem}")

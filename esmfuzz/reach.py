@@ -16,19 +16,15 @@ from collections.abc import Iterable
 from hypothesis import given, settings
 
 from esmfuzz import edges
-from esmfuzz.config import Config, crowd_limits
-from esmfuzz.plugin import seeded
+from esmfuzz.config import Config, crowd_limits, hypothesis_settings
 from esmfuzz.properties import Sample
-from esmfuzz.registry import PROPERTIES
+from esmfuzz.registry import PROPERTIES, targets
+from esmfuzz.session import seeded, target_id
 
-__all__ = ["Target", "draws", "edge_reach", "targets"]
+__all__ = ["Target", "draws", "edge_reach"]
 
-Target = tuple[str, str | None]
+Target = tuple[str, str]
 """(property, stratum): one fuzz target of ``fuzz/test_properties.py``."""
-
-
-def targets() -> list[Target]:
-    return [(name, stratum) for name, entry in PROPERTIES.items() for stratum in entry.strata]
 
 
 def profile_config(config: Config, profile: str) -> Config:
@@ -42,13 +38,12 @@ def draws(target: Target, config: Config, *, profile: str, seed: int | None) -> 
     prop, stratum = target
     drawn: list[Sample] = []
 
-    @settings(settings.get_profile(profile), database=None)
+    @settings(hypothesis_settings(profile), database=None)
     @given(sample=PROPERTIES[prop].samples(config, stratum))
     def test(sample):
         drawn.append(sample)
 
-    nodeid = f"fuzz/test_properties.py::test_{prop}[{stratum or 'mixed'}]"
-    seeded(test, nodeid, seed)()
+    seeded(test, target_id(prop, stratum), seed)()
     return drawn
 
 

@@ -17,35 +17,52 @@ from esmfuzz.alphabet import MAX_RESIDUES
 from esmfuzz.edges import Scope
 from esmfuzz.properties import Sample, Verdict
 
-__all__ = ["PROPERTIES", "STRATA", "Property", "get", "scope"]
+__all__ = ["PROPERTIES", "STRATA", "Metric", "Property", "get", "metric", "scope", "targets"]
 
 STRATA = ("short", "medium", "long", "very_long")
 """Length strata of the longest sequence in a layout (``strategies.LENGTH_STRATA``)."""
+MIXED = "mixed"
+"""Layouts of any lengths."""
 CROWDED = "crowded"
 """Dozens to hundreds of short proteins in one pack of thousands of tokens."""
 
 
 @dataclass(frozen=True)
+class Metric:
+    """A value an oracle reports and bounds: which side of its bound is good, and how to
+    draw it (``cosine``: on the log of 1 - value; ``ratio``, ``difference``, ``count``)."""
+
+    name: str
+    higher_is_better: bool = False
+    scale: str = "ratio"
+
+
+@dataclass(frozen=True)
 class Property:
     name: str
-    summary: str
     calls: tuple[str, ...]
     """Implementations under test it calls: ``packed``, ``padded``."""
-    oracle: Callable[..., Verdict]
     run: Callable[..., Verdict]
     """``run(harness, sample, layers) -> Verdict``."""
     sample: str
     """How a sample is drawn from the target's layouts: ``plain`` (the layout alone),
     ``pairs`` (a layout and a metamorphic variant) or ``shortest`` (the layout, following
     its shortest sequence)."""
-    strata: tuple[str | None, ...] = (None,)
-    """One fuzz target per entry; None: one target over all lengths."""
+    metrics: tuple[Metric, ...]
+    """What its oracle reports (besides the failure kinds every property shares)."""
+    strata: tuple[str, ...] = (MIXED,)
+    """One fuzz target per entry."""
     limits: tuple[tuple[str, int], ...] = ()
     """Bounds on the target's layouts (``min_sequences``, ``max_sequences``,
     ``max_tokens``) where they differ from :func:`scope`'s defaults."""
     noise: str = "error_ratio"
     """The threshold that bounds how far two correct computations lie apart: the spread
     of identical calls is judged against it (:func:`esmfuzz.properties.spread`)."""
+    fixed_bounds: str = ""
+    """For a property judged against fixed thresholds, not against the run's own noise,
+    their name (``cosine thresholds``): which metric fails first, and at how many layers,
+    depends on how far an example pushes the bug past a threshold, so its signature stops
+    at the output (:func:`esmfuzz.triage.signature`)."""
 
     def validate(self, sample: Sample) -> None:
         """A ValueError where ``sample`` lacks what this property's samples hold."""
@@ -55,11 +72,11 @@ class Property:
             raise ValueError(f"{self.name} needs a sample with variant=, the layout to "
                              f"compare with")
 
-    def scope(self, config, stratum: str | None) -> Scope:
+    def scope(self, config, stratum: str) -> Scope:
         """What the target's layouts can be, and so which edges it can reach."""
         return scope(config, stratum, **dict(self.limits))
 
-    def samples(self, config, stratum: str | None):
+    def samples(self, config, stratum: str):
         """``SearchStrategy[Sample]`` of the fuzz target for ``stratum``."""
         return _SAMPLES[self.sample](self.scope(config, stratum), config, stratum)
 
@@ -165,11 +182,11 @@ CROWD_RESIDUES = 170
 """Residues of the longest read in a crowded pack (``strategies.crowded_layouts``)."""
 
 
-def scope(config, stratum: str | None, *, min_sequences: int = 1,
+def scope(config, stratum: str, *, min_sequences: int = 1,
           max_sequences: int | None = None, max_tokens: int | None = None) -> Scope:
     """The layouts of a target in ``stratum``: crowded packs (``crowd_limits``), layouts whose
-    longest sequence lies in a length stratum (8 sequences, ``pack_tokens``), or, for None,
-    any layout (16 sequences, ``pack_tokens``), each bounded further by the arguments."""
+    longest sequence lies in a length stratum (8 sequences, ``pack_tokens``), or
+    any layout (``mixed``: 16 sequences, ``pack_tokens``), each bounded further by the arguments."""
     from esmfuzz.config import crowd_limits
     from strategies import LENGTH_STRATA
 
@@ -177,7 +194,7 @@ def scope(config, stratum: str | None, *, min_sequences: int = 1,
         most, tokens = crowd_limits(config, profile="dev")
         return Scope((1, CROWD_RESIDUES), CROWD_RESIDUES, max(min_sequences, 2), most, tokens)
     tokens = max_tokens or config.pack_tokens
-    if stratum is None:
+    if stratum == MIXED:
         cap = min(MAX_RESIDUES, tokens - 2 - 3 * (min_sequences - 1))
         return Scope((1, cap), cap, min_sequences, max_sequences or 16, tokens)
     low, high = LENGTH_STRATA[stratum]
@@ -192,7 +209,7 @@ def _layouts(scope: Scope, config, stratum):
         return crowded_layouts(min_sequences=scope.min_sequences,
                                max_sequences=scope.max_sequences, max_tokens=scope.max_tokens,
                                max_residues=scope.max_residues, **options)
-    if stratum is None:
+    if stratum == MIXED:
         return packing_layouts(min_sequences=scope.min_sequences,
                                max_sequences=scope.max_sequences, max_tokens=scope.max_tokens,
                                **options)
@@ -231,77 +248,37 @@ def _shortest(scope: Scope, config, stratum):
 _SAMPLES = {"plain": _plain, "pairs": _pairs, "shortest": _shortest}
 
 
+_RATIO = (Metric("error_ratio"),)
+_CONTEXT = (Metric("context_ratio"),)
+_COSINES = (Metric("sequence_cosine", True, "cosine"), Metric("token_cosine_min", True, "cosine"))
+_STATISTICS = tuple(Metric(name, scale="difference") for name in (
+    "mean_abs_diff", "std_rel_diff", "l2_norm_rel_diff", "outlier_rel_diff"))
+
+
 def _entries() -> tuple[Property, ...]:
     return (
-        Property(
-            "error_ratio",
-            "packed (and padded) outputs vs the FP64 oracle, within k x fair-esm's own error",
-            ("packed", "padded"),
-            P.error_ratio,
-            _error_ratio,
-            "plain",
-            STRATA + (CROWDED,),
-        ),
-        Property(
-            "isolation",
-            "one sequence packed among other neighbours, in another order, agrees within noise",
-            ("packed",),
-            P.context,
-            lambda h, s, layers: _context(h, s, layers, kind="packed", name="isolation"),
-            "pairs",
-            (None, CROWDED),
-            (("min_sequences", 2), ("max_sequences", 6)),
-            "context_ratio",
-        ),
-        Property(
-            "packed_precision",
-            "candidate packed vs FP32 padded: cosine thresholds",
-            ("packed",),
-            P.precision,
-            lambda h, s, layers: _precision(h, s, layers, packed=True),
-            "plain",
-            STRATA,
-        ),
-        Property(
-            "finite",
-            "no NaN/Inf in the candidate's layers and logits where FP32 is finite",
-            ("packed", "padded"),
-            P.finite,
-            _finite,
-            "plain",
-            STRATA + (CROWDED,),
-        ),
-        Property(
-            "statistics",
-            "final-layer distribution statistics, candidate vs FP32",
-            ("packed", "padded"),
-            P.statistics,
-            _statistics,
-            "plain",
-            (None,),
-            (("max_sequences", 4),),
-        ),
-        Property(
-            "precision",
-            "candidate padded vs FP32 padded: cosine thresholds",
-            ("padded",),
-            P.precision,
-            lambda h, s, layers: _precision(h, s, layers, packed=False),
-            "plain",
-            STRATA,
-            (("max_sequences", 4),),
-        ),
-        Property(
-            "padding_invariance",
-            "a sequence alone vs padded among longer ones agrees within noise",
-            ("padded",),
-            P.context,
-            lambda h, s, layers: _context(h, s, layers, kind="padded", name="padding_invariance"),
-            "shortest",
-            (None,),
-            (("min_sequences", 2), ("max_sequences", 6), ("max_tokens", 2048)),
-            "context_ratio",
-        ),
+        Property("error_ratio", ("packed", "padded"), _error_ratio, "plain", _RATIO,
+                 STRATA + (CROWDED,)),
+        Property("isolation", ("packed",),
+                 lambda h, s, layers: _context(h, s, layers, kind="packed", name="isolation"),
+                 "pairs", _CONTEXT, (MIXED, CROWDED),
+                 (("min_sequences", 2), ("max_sequences", 6)), "context_ratio"),
+        Property("packed_precision", ("packed",),
+                 lambda h, s, layers: _precision(h, s, layers, packed=True), "plain", _COSINES,
+                 STRATA, fixed_bounds="cosine thresholds"),
+        Property("finite", ("packed", "padded"), _finite, "plain",
+                 (Metric("non_finite", scale="count"),), STRATA + (CROWDED,)),
+        Property("statistics", ("packed", "padded"), _statistics, "plain", _STATISTICS, (MIXED,),
+                 (("max_sequences", 4),), fixed_bounds="statistics thresholds"),
+        Property("precision", ("padded",),
+                 lambda h, s, layers: _precision(h, s, layers, packed=False), "plain", _COSINES,
+                 STRATA, (("max_sequences", 4),), fixed_bounds="cosine thresholds"),
+        Property("padding_invariance", ("padded",),
+                 lambda h, s, layers: _context(h, s, layers, kind="padded",
+                                               name="padding_invariance"),
+                 "shortest", _CONTEXT, (MIXED,),
+                 (("min_sequences", 2), ("max_sequences", 6), ("max_tokens", 2048)),
+                 "context_ratio"),
     )
 
 
@@ -315,3 +292,21 @@ def get(name: str) -> Property:
         raise ValueError(
             f"property={name!r} is not one of {', '.join(PROPERTIES)}"
         ) from None
+
+
+def targets() -> list[tuple[str, str]]:
+    """``(property, stratum)`` of every fuzz target, in registry order: ``error_ratio``, the
+    sharpest oracle, first."""
+    return [(entry.name, stratum) for entry in PROPERTIES.values() for stratum in entry.strata]
+
+
+def metric(name: str) -> Metric:
+    """The declaration of metric ``name``: a property's, or a failure kind every property
+    shares (``exception``, ``nondeterministic``, ...: smaller is better)."""
+    for entry in PROPERTIES.values():
+        for declared in entry.metrics:
+            if declared.name == name:
+                return declared
+    if name in P.FAILURE_KINDS or name == P.NONDETERMINISTIC:
+        return Metric(name, scale="count" if name in P.FAILURE_KINDS else "ratio")
+    raise ValueError(f"metric={name!r} is not declared by a property of esmfuzz.registry")

@@ -132,7 +132,7 @@ class _Target:
 
     @property
     def higher_is_better(self) -> bool:
-        return "cosine" in self.metric
+        return _higher_is_better(self.metric)
 
     def fails(self, value: float) -> bool:
         if self.threshold is None:
@@ -410,7 +410,7 @@ def _quantile(ordered: list[float], q: float) -> float:
 def _strip_chart(metric: str, targets: list[_Target]) -> str:
     """One row per target: the sampled values as dots, their quartiles as a box, the bound
     as a dashed red line and its failing side shaded."""
-    higher = "cosine" in metric
+    higher = _higher_is_better(metric)
     points = [v for t in targets for v in t.values]
     points += [t.threshold for t in targets if t.threshold is not None]
     kind, lo, hi = _strip_domain(points, higher)
@@ -853,7 +853,7 @@ def _metrics(targets: list[_Target]) -> str:
         return _empty("No metric values sampled yet.")
     figures = []
     for metric, group in groups.items():
-        higher = "cosine" in metric
+        higher = _higher_is_better(metric)
         rule = "larger is better, fails at or below" if higher else "smaller is better, fails above"
         figures.append(_figure(f"{metric} ({rule} its bound)", _strip_chart(metric, group)))
     legend = _legend([
@@ -985,3 +985,13 @@ footer{color:var(--muted);font-size:12px;text-align:center;margin-top:8px}
 @media (max-width:900px){.kpis{grid-template-columns:repeat(2,1fr)}.grid2{grid-template-columns:1fr}
 .meta{grid-template-columns:max-content 1fr}}
 """
+
+
+def _higher_is_better(metric: str) -> bool:
+    """As :mod:`esmfuzz.registry` declares the metric (a log with none: smaller is better)."""
+    from esmfuzz.registry import metric as declared
+
+    try:
+        return declared(metric).higher_is_better
+    except ValueError:
+        return False

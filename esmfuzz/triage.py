@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esmfuzz.properties import FAILURE_KINDS, NONDETERMINISTIC, Verdict
+from esmfuzz.registry import PROPERTIES
 
 __all__ = ["Claims", "Known", "signature", "size_class"]
 
@@ -36,15 +37,6 @@ def size_class(tokens: int) -> str:
         low = high + 1
     return f"inputs of more than {_SIZES[-1]} tokens"
 
-_THRESHOLDS = {"precision": "cosine thresholds", "packed_precision": "cosine thresholds",
-               "statistics": "statistics thresholds"}
-"""Properties judged against fixed thresholds, not against the run's own noise: which
-metric fails first, and at how many layers, depends on how far an example pushes the bug
-past a threshold (one bug failed ``packed_precision`` at layer 6 in one example and at
-layers 3 and 6 in the next), so their signature stops at the output. ``error_ratio``
-tells such bugs apart by layer: a fault lies thousands of times past its bound wherever
-it shows."""
-
 
 def signature(verdict: Verdict, checked: Sequence[int]) -> str:
     """What tells one bug from another: the property, the kind of divergence, the output
@@ -58,6 +50,8 @@ def signature(verdict: Verdict, checked: Sequence[int]) -> str:
     Only the layers every example checks count, so that a failure found while fuzzing
     and its shrunk, explained case (every layer) have the same signature.
     """
+    entry = PROPERTIES.get(verdict.property)
+    fixed = entry.fixed_bounds if entry is not None else ""
     coarse = False
     if verdict.metric == "out_of_memory":
         tokens = verdict.metrics.get("tokens")
@@ -68,13 +62,13 @@ def signature(verdict: Verdict, checked: Sequence[int]) -> str:
         kind, coarse = NONDETERMINISTIC, True
     elif not math.isfinite(verdict.value):
         kind = f"non-finite {verdict.metric}"
-    elif verdict.property in _THRESHOLDS:
-        kind, coarse = _THRESHOLDS[verdict.property], True
+    elif fixed:
+        kind, coarse = fixed, True
     else:
         kind = verdict.metric
     where = verdict.path.split()[0] if verdict.path else ""
-    if verdict.property in _THRESHOLDS and not where:
-        where = "packed" if verdict.property == "packed_precision" else "padded"
+    if fixed and not where:  # as before the registry declared it: the padded output, if called
+        where = entry.calls[-1]
     text = f"{verdict.property}: {kind}" + (f" in the {where} output" if where else "")
     if coarse:
         return text

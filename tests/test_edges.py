@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, find, given, settings
 from esmfuzz import edges
 from esmfuzz.config import Config
 from esmfuzz.edges import Scope
-from esmfuzz.reach import edge_reach, targets
+from esmfuzz.reach import edge_reach
+from esmfuzz.registry import targets
 from strategies import crowded_layouts, packing_layouts, stratified_layouts
 
 VERY_LONG = Scope((501, 1022), 1022, 1, 8, 1536)
