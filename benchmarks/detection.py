@@ -26,7 +26,7 @@ from esmfuzz.alphabet import residue_count  # noqa: E402
 from tests.faults import FAULTS  # noqa: E402
 from tests.faults.run import run_fuzz  # noqa: E402
 
-COSINE_ONLY = "test_precision or test_packed_precision"
+COSINE_ONLY = "precision"
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 from esmfuzz.alphabet import residue_count  # noqa: E402
-from esmfuzz.config import Config, crowd_limits  # noqa: E402
+from esmfuzz.config import Config, crowd_limits, dtype_name  # noqa: E402
 from esmfuzz.harness import harness_for  # noqa: E402
 from esmfuzz.registry import PROPERTIES  # noqa: E402
 from tests.impls.packed import CONTROLS  # noqa: E402
@@ -120,11 +120,11 @@ def _rows(args, harnesses, entries, stratum, at, layers, samples) -> list[dict]:
             config = harness.config
             tested = harness.under_test(name)
             rows.append({
-                "model": config.model, "device": config.device, "dtype": config.dtype,
-                "oracle": str(harness.pair.oracle_dtype)[6:],
+                "model": config.model, "device": config.device, "dtype": dtype_name(config.dtype),
+                "oracle": dtype_name(harness.pair.oracle_dtype),
                 "control": tested[0].split()[-1] if tested else config.packed_impl,
                 "seed": at, "property": name,
-                "stratum": stratum or "mixed", "examples": len(samples), "failures": bad,
+                "stratum": stratum, "examples": len(samples), "failures": bad,
                 "metric": verdict.metric, "value": verdict.value, "bound": verdict.threshold,
                 "severity": severity(verdict), "path": verdict.path,
                 "layer": verdict.worst.get("layer"),
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     for seeds, properties in jobs:
         for at in seeds:
             for stratum in _strata(properties):
-                if args.strata and (stratum or "mixed") not in args.strata:
+                if args.strata and stratum not in args.strata:
                     continue
                 entries = [PROPERTIES[name] for name in properties
                            if stratum in PROPERTIES[name].strata]

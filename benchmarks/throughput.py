@@ -37,9 +37,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = REPO / "fuzz" / "test_properties.py"
 DEFAULT_TARGETS = (
-    "test_error_ratio and short", "test_error_ratio and long", "test_error_ratio and crowded",
-    "test_isolation and mixed", "test_packed_precision and medium", "test_finite and long",
-    "test_statistics", "test_precision and medium", "test_padding_invariance",
+    "error_ratio and short", "error_ratio and long", "error_ratio and crowded",
+    "isolation and mixed", "packed_precision and medium", "finite and long",
+    "statistics", "test_property[precision-medium]", "padding_invariance",
 )
 
 

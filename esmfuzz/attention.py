@@ -12,7 +12,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from esmfuzz.config import BACKENDS
+from esmfuzz.config import BACKENDS, dtype_name
 from esmfuzz.errors import EsmfuzzError
 
 __all__ = [
@@ -46,7 +46,7 @@ def _why_not(backend: str, device: torch.device, dtype: torch.dtype) -> str | No
     if device.type != "cuda":
         return f"it runs on CUDA only, and the device is {device}"
     if dtype not in _FLASH_DTYPES:
-        return f"FlashAttention kernels take float16 or bfloat16 only, not {str(dtype)[6:]}"
+        return f"FlashAttention kernels take float16 or bfloat16 only, not {dtype_name(dtype)}"
     return None
 
 

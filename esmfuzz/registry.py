@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from esmfuzz import properties as P
 from esmfuzz.alphabet import MAX_RESIDUES
+from esmfuzz.config import dtype_name
 from esmfuzz.edges import Scope
 from esmfuzz.properties import Sample, Verdict
 
@@ -87,7 +88,7 @@ def _per_model(harness, kind: str, run) -> dict:
     for model in harness.path_models(kind):
         result = harness.tested(kind, model, lambda model=model: run(model))
         if result is not None:
-            out[str(model.embed_tokens.weight.dtype)[6:]] = (model, result)
+            out[dtype_name(model.embed_tokens.weight.dtype)] = (model, result)
     return out
 
 

@@ -11,10 +11,30 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+from esmfuzz.config import default_profile, hypothesis_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 SYNTHETIC_8M = "synthetic:esm2_t6_8M_UR50D"
+
+settings.register_profile("esmfuzz-tests", hypothesis_settings(default_profile()))
+settings.load_profile("esmfuzz-tests")
+"""The unit tests' own @given tests run under esmfuzz's profile (ci under $CI, else quick),
+as its fuzz targets do; esmfuzz's plugin loads no profile for a session."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, with the reason, where CUDA is absent."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA, which is not available here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

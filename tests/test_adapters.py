@@ -94,7 +94,7 @@ def test_fuzz_targets_run_against_the_adapter(tmp_path):
     env.pop("CI", None)
     done = subprocess.run(
         [sys.executable, "-m", "pytest", str(REPO / "fuzz" / "test_properties.py"), "-k",
-         "(test_precision or test_finite) and short", "--rootdir", str(tmp_path),
+         "test_property[precision-short] or finite-short", "--rootdir", str(tmp_path),
          "-p", "no:cacheprovider", "--esm-profile", "ci", "--esm-device", "cpu",
          "--esm-padded-impl", PATHS[0]],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

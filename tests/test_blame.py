@@ -20,8 +20,8 @@ from esmfuzz.corpus import load_corpus
 from esmfuzz.errors import HarnessError
 from esmfuzz.forward import oracle_forward
 from esmfuzz.harness import Harness
-from esmfuzz.plugin import FuzzRecorder, _judged
 from esmfuzz.properties import FAILURE_KINDS, Sample, Thresholds, Verdict
+from esmfuzz.session import Session, _judged
 from esmfuzz.triage import signature
 from tests.impls import broken
 from tests.test_plugin import ERROR_RATIO_SHORT, SMALL_PACKS, _workdir, corpus_files, fuzz
@@ -144,7 +144,7 @@ def test_one_ulp_jitter_is_within_the_noise_bound(impl, prop, sample):
 def _judge(impl: str, original: Verdict, sample: Sample, **thresholds):
     harness = Harness(Config(device="cpu", packed_impl=f"tests.impls.packed:{impl}",
                              thresholds=Thresholds(**thresholds)))
-    recorder = FuzzRecorder(harness.config, "ci")
+    recorder = Session(harness.config, "ci")
     sig = signature(original, harness.layers)
     verdict, outcome = _judged(harness, recorder, "error_ratio", "short", sample, original, sig)
     return verdict, outcome, recorder
@@ -228,8 +228,8 @@ def test_oracle_failing_on_some_examples_skips_and_counts_them(tmp_path_factory,
 @pytest.mark.parametrize("seed", ["1", "2"])
 def test_one_ulp_nondeterminism_is_never_a_finding(tmp_path_factory, run_env, seed):
     root = _workdir(tmp_path_factory, f"jitter-{seed}")
-    done = fuzz(root, run_env, "(test_error_ratio or test_packed_precision) and short or "
-                "(test_isolation and mixed)",
+    done = fuzz(root, run_env, "(error_ratio or packed_precision) and short or "
+                "(isolation-mixed)",
                 "--esm-seed", seed, *SMALL_PACKS,
                 "--esm-packed-impl", "tests.impls.packed:jittery_packed")
     assert done.returncode == 0, done.stdout

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from esmfuzz.config import Config
+from esmfuzz.config import Config, dtype_name
 from esmfuzz.harness import Harness
 from esmfuzz.models import (
     ARCHITECTURES,
@@ -106,7 +106,7 @@ def test_plan_picks_oracle_and_loading_by_memory(monkeypatch, name, device_gib, 
                          oracle_dtype=torch.float64, loaded=set(), loading=asked)
     assert (chosen.oracle_dtype, chosen.loading) == (oracle, loading)
     assert chosen.estimate.fits
-    assert chosen.note.startswith(f"oracle in {str(oracle)[6:]}")
+    assert chosen.note.startswith(f"oracle in {dtype_name(oracle)}")
     assert ("loading sequential" in chosen.note) == (loading == "sequential")
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from esmfuzz import metrics
+from esmfuzz.config import dtype_name
 from esmfuzz.properties import (
     Sample,
     Thresholds,
@@ -218,7 +219,7 @@ ERROR_CASES = [
 def _error_case(dtype, thresholds, factor, *, seq=1, layer=5, label=None):
     """Baseline = oracle + 1e-3 N; tested = baseline except (seq, layer), where the tested
     error is a uniform sign pattern with RMS ``factor * (k * e_b + atol)``."""
-    label = label or f"packed {str(dtype)[6:]}"
+    label = label or f"packed {dtype_name(dtype)}"
     k, atol = thresholds.error_ratio, atol_of(thresholds, dtype)
     oracle = oracle_outputs()
     baseline = noisy(oracle, 1e-3, seed=7)
@@ -253,7 +254,7 @@ def test_error_ratio_rms_just_inside_passes(dtype, thresholds):
 def test_error_ratio_rms_just_past_fails(dtype, thresholds):
     verdict, expected = _error_case(dtype, thresholds, PAST)
     k = thresholds.error_ratio
-    label = f"packed {str(dtype)[6:]}"
+    label = f"packed {dtype_name(dtype)}"
     assert not verdict.ok
     assert verdict.metric == "error_ratio"
     assert verdict.value == pytest.approx(expected, rel=1e-9)
@@ -454,7 +455,7 @@ def _context_paths(dtype, thresholds, factor, *, token=None, zero_baseline=False
         pattern = one_token(7, token, seed=51)
     diff = factor * (k * err_b + atol)
     second[3] = first[3] - diff * rms(ref) * pattern
-    paths = {"packed " + str(dtype)[6:]: (first, second, [baseline], dtype)}
+    paths = {"packed " + dtype_name(dtype): (first, second, [baseline], dtype)}
     return paths, oracle, diff / (err_b + atol / k)
 
 
@@ -463,7 +464,7 @@ def _context_paths(dtype, thresholds, factor, *, token=None, zero_baseline=False
 def test_context_rms_at_and_past(dtype, thresholds, factor, ok):
     paths, oracle, expected = _context_paths(dtype, thresholds, factor)
     verdict = context(paths, oracle, thresholds, name="isolation", sequence=3)
-    label = f"packed {str(dtype)[6:]}"
+    label = f"packed {dtype_name(dtype)}"
     k = thresholds.context_ratio
     assert verdict.property == "isolation"
     assert verdict.ok is ok, verdict.message()
@@ -489,7 +490,7 @@ def test_context_rms_at_and_past(dtype, thresholds, factor, ok):
 def test_context_worst_token_at_and_past(dtype, thresholds, factor, ok, token):
     paths, oracle, expected = _context_paths(dtype, thresholds, factor, token=token)
     verdict = context(paths, oracle, thresholds, name="padding_invariance", sequence=0)
-    label = f"packed {str(dtype)[6:]}"
+    label = f"packed {dtype_name(dtype)}"
     assert verdict.ok is ok, verdict.message()
     assert verdict.value == pytest.approx(expected, rel=1e-9)
     assert verdict.worst == {"layer": 3, "sequence": 0, "token": token}

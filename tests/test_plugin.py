@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = REPO / "fuzz" / "test_properties.py"
 IMPLS = "tests.impls.packed"
-ERROR_RATIO_SHORT = "test_error_ratio and short"
+ERROR_RATIO_SHORT = "error_ratio-short"
 _HAS_CUDA = torch.cuda.is_available()
 SMALL_PACKS = ("--esm-pack-tokens", "1027")
 """For runs that check the plugin, not the oracles: the mixed stratum's 1022-residue
@@ -78,7 +78,7 @@ def corpus_files(root: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def correct_run(tmp_path_factory, run_env):
     root = _workdir(tmp_path_factory, "correct")
-    done = fuzz(root, run_env, f"(test_isolation and mixed) or ({ERROR_RATIO_SHORT})",
+    done = fuzz(root, run_env, f"(isolation-mixed) or ({ERROR_RATIO_SHORT})",
                 "--esm-packed-impl", f"{IMPLS}:loop_packed", *SMALL_PACKS)
     return root, done
 
@@ -188,8 +188,8 @@ def test_one_bug_seen_by_three_properties_is_saved_once(tmp_path_factory, run_en
     weights: on the trained-like ones the massive <cls>/<eos> channels hold the cosines above
     their bounds, and packed_precision does not see this bug in the short stratum."""
     root = _workdir(tmp_path_factory, "fold")
-    done = fuzz(root, run_env, f"({ERROR_RATIO_SHORT}) or test_statistics or "
-                "(test_packed_precision and short)", "--esm-packed-impl",
+    done = fuzz(root, run_env, f"({ERROR_RATIO_SHORT}) or statistics or "
+                "(packed_precision-short)", "--esm-packed-impl",
                 "tests.faults.packed:missing_token_dropout_rescale",
                 "--esm-model", RANDOM_WEIGHTS)
     out = done.stdout
@@ -319,7 +319,7 @@ def option_root(tmp_path_factory) -> Path:
     ],
 )
 def test_bad_option_is_a_usage_error(option_root, run_env, option, words):
-    done = fuzz(option_root, run_env, "test_isolation", *option, "--collect-only")
+    done = fuzz(option_root, run_env, "isolation", *option, "--collect-only")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout
     assert done.stdout.startswith("ERROR: "), done.stdout
     assert len(done.stdout.strip().splitlines()) == 1, done.stdout
@@ -330,7 +330,7 @@ def test_bad_option_is_a_usage_error(option_root, run_env, option, words):
 
 def test_implementation_that_fails_to_import_is_a_usage_error(option_root, run_env):
     (option_root / "broken_at_import.py").write_text("def forward(:\n")
-    done = fuzz(option_root, run_env, "test_isolation", "--esm-packed-impl",
+    done = fuzz(option_root, run_env, "isolation", "--esm-packed-impl",
                 "broken_at_import:forward", "--collect-only")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout
     assert "INTERNALERROR" not in done.stdout and "Traceback" not in done.stdout
@@ -351,7 +351,7 @@ def test_threshold_override_is_accepted(leaky_runs):
 
 @pytest.fixture(scope="module")
 def no_colon_run(option_root, run_env):
-    return fuzz(option_root, run_env, "test_isolation", "--esm-packed-impl", "nocolon")
+    return fuzz(option_root, run_env, "isolation", "--esm-packed-impl", "nocolon")
 
 
 def test_packed_impl_without_colon_is_a_usage_error(no_colon_run):
@@ -435,7 +435,7 @@ def test_xdist_workers_report_into_one_summary(tmp_path_factory, run_env):
     where that case was saved before finite failed (on the other worker it may not be yet,
     and finite's failure is then saved as its own)."""
     root = _workdir(tmp_path_factory, "xdist")
-    select = "(test_error_ratio and (short or medium)) or (test_finite and short)"
+    select = "(error_ratio-short or error_ratio-medium) or (finite-short)"
     done = fuzz(root, run_env, select, "-n", "2", "--esm-packed-impl", "tests.impls.broken:raises",
                 "--esm-report", str(root / "report.json"))
     out = done.stdout
@@ -473,7 +473,7 @@ def test_show_prints_the_full_per_layer_picture(corpus_copy, capsys):
 def test_no_mask_and_standard_residues_switches(tmp_path_factory, run_env):
     """For pipelines that never see <mask> or rare residues: none is generated."""
     root = _workdir(tmp_path_factory, "standard")
-    done = fuzz(root, run_env, "(test_finite and medium) or (test_isolation and mixed)",
+    done = fuzz(root, run_env, "(finite-medium) or (isolation-mixed)",
                 "--esm-no-mask", "--esm-residues", "standard", *SMALL_PACKS,
                 "--esm-report", str(root / "report.json"))
     assert done.returncode == 0, done.stdout
@@ -504,7 +504,7 @@ def test_shrinking_stops_after_its_budget(tmp_path_factory, run_env):
     root = _workdir(tmp_path_factory, "shrink-budget")
     # The medium stratum's first failure is never minimal (that needs 50 residues or more
     # and a second sequence), so there is shrinking to cut.
-    done = fuzz(root, run_env, "test_error_ratio and medium", "--esm-packed-impl",
+    done = fuzz(root, run_env, "error_ratio-medium", "--esm-packed-impl",
                 f"{IMPLS}:leaky_packed", "--esm-shrink-seconds", "0.001")
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
     note = "shrinking stopped (--esm-shrink-seconds 0.001): this case may not be minimal"

@@ -7,9 +7,8 @@ import pytest
 from esmfuzz.alphabet import residue_count
 from esmfuzz.config import Config
 from esmfuzz.harness import Harness
-from esmfuzz.plugin import _tightened
 from esmfuzz.properties import Sample
-from esmfuzz.tighten import smaller_samples, tighten
+from esmfuzz.tighten import smaller_samples, tighten, tightened
 from esmfuzz.triage import signature
 
 
@@ -88,7 +87,7 @@ def test_a_leak_found_in_a_bloated_pack_is_tightened_to_two_short_sequences(esmf
     verdict = harness.check("error_ratio", start)
     assert not verdict.ok
     sig = signature(verdict, harness.layers)
-    smaller, explained = _tightened(harness, "error_ratio", start, verdict, sig)
+    smaller, explained = tightened(harness, "error_ratio", start, verdict, sig)
     assert len(smaller.sequences) == 2
     assert sum(map(residue_count, smaller.sequences)) <= 4
     assert not explained.ok and signature(explained, harness.layers) == sig

@@ -59,6 +59,7 @@ except ImportError as exc:  # the usage error names the extra (load_implementati
         ) from exc
 
 from esmfuzz.adapters._hf import PerModel, name_map, strict_state  # noqa: E402
+from esmfuzz.config import dtype_name  # noqa: E402
 
 __all__ = [
     "esme_model",
@@ -214,7 +215,7 @@ def _refuse_wrong_kernel(model, standin: bool) -> None:
     weight = model.embed_tokens.weight
     if weight.dtype not in _FLASH_DTYPES:
         raise TypeError(f"esm-efficient's FlashAttention kernel takes float16 or bfloat16, "
-                        f"not {str(weight.dtype)[6:]}")
+                        f"not {dtype_name(weight.dtype)}")
     if weight.device.type != "cuda":
         raise RuntimeError("esm-efficient's FlashAttention kernel runs on CUDA only")
 

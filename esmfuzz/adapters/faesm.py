@@ -56,6 +56,7 @@ except (AssertionError, RuntimeError) as exc:
     ) from exc
 
 from esmfuzz.adapters import _hf  # noqa: E402
+from esmfuzz.config import dtype_name  # noqa: E402
 
 __all__ = ["faesm_model", "padded_forward", "padded_forward_flash", "weight_map"]
 
@@ -139,7 +140,7 @@ def padded_forward_flash(model, tokens: torch.Tensor, repr_layers) -> dict:
     dtype = model.embed_tokens.weight.dtype
     if dtype not in _FLASH_DTYPES:
         raise TypeError(f"FAESM's FlashAttention path takes float16 or bfloat16, "
-                        f"not {str(dtype)[6:]}")
+                        f"not {dtype_name(dtype)}")
     if model.embed_tokens.weight.device.type != "cuda":
         raise RuntimeError("FAESM's FlashAttention path runs on CUDA only")
     return _forward(model, tokens, repr_layers, flash=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from esmfuzz.config import dtype_name
 from esmfuzz.errors import EsmfuzzError
 from esmfuzz.models.loading import LOADINGS
 from esmfuzz.models.spec import Architecture, ModelSpec, parse_spec
@@ -58,7 +59,7 @@ class MemoryEstimate:
 
 def _still_needed(estimate: MemoryEstimate, loaded: set[torch.dtype]) -> MemoryEstimate:
     """``estimate`` less the copies already on the device (another pair's)."""
-    names = {str(t)[6:] for t in loaded}
+    names = {dtype_name(t) for t in loaded}
     gone = {k: v for k, v in estimate.parts.items() if k.split()[-1] in names}
     if not gone:
         return estimate
@@ -147,7 +148,7 @@ def estimate_memory(
     params = _parameters_of(spec)
     arch = spec.architecture or Architecture(1, 1280, 20)
     copies = {"reference float32": params * 4,
-              f"candidate {str(dtype)[6:]}": params * _BYTES[dtype]}
+              f"candidate {dtype_name(dtype)}": params * _BYTES[dtype]}
     if oracle_dtype is torch.float64:
         copies["oracle float64"] = params * 8
     seq = min(max_tokens, 1024)
@@ -219,7 +220,7 @@ def plan(
                 estimate = _still_needed(estimate, loaded)
             if estimate.fits:
                 return Plan(estimate, oracle, mode, _note(oracle, oracle_dtype, mode, tried))
-            tried.append((estimate, f"oracle {str(oracle)[6:]}, loading {mode}"))
+            tried.append((estimate, f"oracle {dtype_name(oracle)}, loading {mode}"))
     least, way = min(tried, key=lambda t: t[0].device_bytes)
     advice = ["a smaller model", "another device"]
     if torch.float32 not in oracles:
@@ -236,7 +237,7 @@ def plan(
 
 
 def _note(oracle, asked, mode, tried) -> str:
-    text = f"oracle in {str(oracle)[6:]}"
+    text = f"oracle in {dtype_name(oracle)}"
     if oracle is not asked:
         text += ": a float64 copy does not fit in memory"
     if mode == "sequential":

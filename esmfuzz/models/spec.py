@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from esmfuzz import config
 from esmfuzz.config import DEFAULT_MODEL
 from esmfuzz.errors import EsmfuzzError
 
@@ -126,19 +127,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-_DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-
-
 def parse_dtype(
     name: str | torch.dtype, *, option: str = "dtype", allowed=("float16", "bfloat16", "float32")
 ) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        name = str(name)[6:]
-    if name not in allowed:
-        raise ValueError(f"{option}={name!r} must be one of {', '.join(allowed)}")
-    return _DTYPES[name]
+    return config.parse_dtype(name, option, allowed=allowed)
