@@ -58,7 +58,7 @@ def residue_count(sequence: str) -> int:
 
 def layout_residues(layout) -> tuple[list[int], list[str]]:
     """Each sequence's residue count, and every residue of the layout in order: what the
-    reach of a run and the coverage of a soak count."""
+    reach of a run and of a soak count."""
     split = [split_residues(s) for s in layout]
     return [len(r) for r in split], [r for residues in split for r in residues]
 

@@ -27,8 +27,6 @@ from esmfuzz.errors import EsmfuzzError
 if TYPE_CHECKING:
     import torch
 
-    from esmfuzz.properties import Thresholds
-
 __all__ = [
     "OPTIONS",
     "PROFILES",
@@ -36,7 +34,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Option",
-    "check_runnable",
+    "Thresholds",
     "crowd_limits",
     "dtype_name",
     "hypothesis_settings",
@@ -69,9 +67,76 @@ class Backend(enum.StrEnum):
 BACKENDS = tuple(b.value for b in Backend if b is not Backend.AUTO)
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: CUDA where there is one, else the CPU; a CUDA device where there is none is
+    an error."""
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={str(device)!r} asked for, but CUDA is not available here")
+    return device
+
+
 def dtype_name(dtype: torch.dtype | str) -> str:
     """``float16`` for ``torch.float16``: the name corpus cases, logs and messages use."""
     return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass/fail bounds, every one configurable; docs/oracles.md says how each was measured."""
+
+    sequence_cosine: float = 0.99
+    token_cosine: float = 0.95
+    error_ratio: float = 8.0
+    """k in ``err(tested) <= k * err(baselines) + atol``; errors are RMS statistics. Correct
+    controls reached 2.2 (pooled, 8M to 3B) and 5.4 (one baseline, 3B): docs/oracles.md."""
+    ulp_floor: float = 1.0
+    """atol of the error and context bounds, in ulps of the path's dtype (relative to the
+    oracle's RMS), so an exactly-equal baseline cannot make the bound zero."""
+    context_ratio: float = 8.0
+    """k for one sequence in two contexts: ``diff <= k * err(baselines) + atol``. Correct
+    controls reached 2.7 (four baselines, 3B) and 5.1 (one, 3B): docs/oracles.md."""
+    mean_abs_diff: float = 0.01
+    std_rel_diff: float = 0.05
+    l2_norm_rel_diff: float = 0.05
+    outlier_rel_diff: float = 0.25
+    statistics_ratio: float = 3.0
+    """A statistic also passes within this factor of fair-esm's own padded value in the
+    candidate dtype (bfloat16 alone moves 650M embeddings past mean_abs_diff 0.01)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"threshold {f.name}={value!r} must be a finite number >= 0")
+        for name in ("error_ratio", "context_ratio", "statistics_ratio"):
+            if getattr(self, name) == 0:
+                raise ConfigError(f"threshold {name}=0.0 must be above 0 (it multiplies a "
+                                 f"baseline's own value)")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object], *, source: str = "thresholds"):
+        known = {f.name for f in dataclasses.fields(cls)}
+        clean = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"{source}: unknown threshold {key!r}; known: {sorted(known)}")
+            try:
+                clean[name] = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{source}: threshold {key}={value!r} is not a number") from None
+        try:
+            return cls(**clean)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
 
 
 # --- converters: (value, where) -> typed value; ``where`` names the option in errors ---
@@ -154,8 +219,6 @@ def parse_bool(value: object, where: str) -> bool:
 
 
 def parse_thresholds(value: object, where: str) -> Thresholds:
-    from esmfuzz.properties import Thresholds
-
     if isinstance(value, Thresholds):
         return value
     if not isinstance(value, Mapping):
@@ -268,12 +331,6 @@ OPTIONS: tuple[Option, ...] = (
 OPTION = {option.name: option for option in OPTIONS}
 
 
-def _default_thresholds() -> Thresholds:
-    from esmfuzz.properties import Thresholds
-
-    return Thresholds()
-
-
 @dataclass(frozen=True)
 class Config:
     """What to test: the keys of ``[tool.esmfuzz]`` and the ``--esm-*`` options, typed.
@@ -310,7 +367,7 @@ class Config:
     residues: str = "all"
     shrink_seconds: float = 0.0
     timeout: float = 0.0
-    thresholds: Thresholds = field(default_factory=_default_thresholds)
+    thresholds: Thresholds = field(default_factory=lambda: Thresholds())
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -384,8 +441,6 @@ def option_value(args: Sequence[str], name: str, *, start: Path | str = ".") -> 
 
 def crowd_limits(config: Config, *, profile: str) -> tuple[int, int]:
     """(most sequences, token budget) of the ``crowded`` stratum under ``profile``."""
-    from esmfuzz.models import resolve_device
-
     small = profile in ("quick", "ci") and resolve_device(config.device).type == "cpu"
     return (
         config.crowd_sequences or (128 if small else 256),
@@ -446,32 +501,3 @@ def example_database(url: str):
     if "://" in url:
         raise ConfigError(f"{url!r} is neither a directory nor a redis:// URL")
     return DirectoryBasedExampleDatabase(url)
-
-
-def check_runnable(config: Config, report: str | None = None) -> None:
-    """What would otherwise fail only once the model loads, in every test: one
-    :class:`ConfigError` before anything runs (device, backend, model spec, checkpoint,
-    memory, report path)."""
-    from esmfuzz.attention import select_backend
-    from esmfuzz.models import parse_spec, plan_memory, resolve_device
-
-    try:
-        device = resolve_device(config.device)
-    except RuntimeError as exc:
-        raise ConfigError(f"--esm-device: {exc}") from None
-    try:
-        select_backend(config.backend, device, config.dtype)
-        plan_memory(parse_spec(config.model), device=device, dtype=config.dtype,
-                    oracle_dtype=config.oracle_dtype, loading=config.loading,
-                    device_memory=config.device_memory)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise ConfigError(str(exc)) from None
-    if report:
-        folder = Path(report).resolve().parent
-        problem = (
-            "does not exist" if not folder.is_dir()
-            else "is not writable" if not os.access(folder, os.W_OK)
-            else None
-        )
-        if problem:
-            raise ConfigError(f"--esm-report {report!r}: folder {str(folder)!r} {problem}")

@@ -9,8 +9,6 @@ test), while :class:`esmfuzz.forward.ImplementationFailure` is the code under te
 
 from __future__ import annotations
 
-import traceback
-
 __all__ = ["EsmfuzzError", "HarnessError"]
 
 
@@ -22,7 +20,8 @@ class HarnessError(EsmfuzzError, RuntimeError):
     """esmfuzz's own computation failed: its oracle, a baseline, a default forward standing
     in for an implementation the user did not give, or its checks. Never a finding against
     the code under test: the example is skipped and counted (:meth:`Harness.check` retried
-    it once first, after freeing cached memory).
+    it once first, after freeing cached memory). :func:`esmfuzz.harness.harness_error`
+    makes one of the exception a role raised.
 
     ``reason`` groups the skips of a run (``esmfuzz's float64 oracle ran out of memory``);
     ``advice`` says what to do about it; ``details`` hold the traceback.
@@ -33,20 +32,3 @@ class HarnessError(EsmfuzzError, RuntimeError):
         self.reason = reason
         self.advice = advice
         self.details = list(details)
-
-    @classmethod
-    def of(cls, role: str, exc: BaseException) -> HarnessError:
-        """``role`` (``esmfuzz's float64 oracle``) failed with ``exc``."""
-        from esmfuzz.forward import ImplementationFailure, is_out_of_memory
-
-        memory = is_out_of_memory(exc) or getattr(exc, "metric", "") == "out_of_memory"
-        cause = exc.__cause__ if isinstance(exc, ImplementationFailure) and exc.__cause__ else exc
-        reason = f"{role} {'ran out of memory' if memory else f'raised {type(cause).__name__}'}"
-        advice = (
-            "lower --esm-crowd-tokens or --esm-pack-tokens, or set --esm-device-memory to "
-            "what this process may use" if memory else
-            "this is esmfuzz's error, not the code under test's: please report it with the "
-            "traceback"
-        )
-        details = getattr(exc, "details", None) or traceback.format_exception(exc)
-        return cls(reason, str(exc), advice=advice, details=details)

@@ -12,22 +12,33 @@ import gc
 import math
 import os
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from esmfuzz import properties as P
 from esmfuzz import registry
 from esmfuzz.attention import backend_status, select_backend
-from esmfuzz.config import BACKENDS, DEFAULT_PACKED, DEFAULT_PADDED, Config, dtype_name
+from esmfuzz.config import (
+    BACKENDS,
+    DEFAULT_PACKED,
+    DEFAULT_PADDED,
+    Config,
+    ConfigError,
+    dtype_name,
+    resolve_device,
+)
 from esmfuzz.corpus import Case, environment
 from esmfuzz.errors import HarnessError
 from esmfuzz.forward import (
     ImplementationFailure,
     PackedForward,
     implementation_name,
+    is_out_of_memory,
     load_implementation,
     oracle_forward,
     packed_forward,
@@ -38,7 +49,23 @@ from esmfuzz.forward import (
 from esmfuzz.models import ModelPair, model_pair
 from esmfuzz.properties import Sample
 
-__all__ = ["Harness", "Repeat", "config_for_case", "harness_for"]
+__all__ = ["Harness", "Repeat", "check_runnable", "config_for_case", "harness_error", "harness_for"]
+
+
+def harness_error(role: str, exc: BaseException) -> HarnessError:
+    """``role`` (``esmfuzz's float64 oracle``) failed with ``exc``: esmfuzz's error, with the
+    advice that fits it (out of memory: smaller packs or a memory budget)."""
+    memory = is_out_of_memory(exc) or getattr(exc, "metric", "") == "out_of_memory"
+    cause = exc.__cause__ if isinstance(exc, ImplementationFailure) and exc.__cause__ else exc
+    reason = f"{role} {'ran out of memory' if memory else f'raised {type(cause).__name__}'}"
+    advice = (
+        "lower --esm-crowd-tokens or --esm-pack-tokens, or set --esm-device-memory to "
+        "what this process may use" if memory else
+        "this is esmfuzz's error, not the code under test's: please report it with the "
+        "traceback"
+    )
+    details = getattr(exc, "details", None) or traceback.format_exception(exc)
+    return HarnessError(reason, str(exc), advice=advice, details=details)
 
 
 @dataclass
@@ -169,7 +196,7 @@ class Harness:
             try:
                 return compute()
             except ImplementationFailure as failure:
-                raise HarnessError.of(role, failure) from failure
+                raise harness_error(role, failure) from failure
 
         return run
 
@@ -306,7 +333,7 @@ class Harness:
             except HarnessError:
                 raise
             except Exception as exc:
-                raise HarnessError.of("esmfuzz's checks", exc) from exc
+                raise harness_error("esmfuzz's checks", exc) from exc
             if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
                 self._outputs = {}  # the re-run calls the implementation afresh
                 try:
@@ -359,7 +386,7 @@ class Harness:
         except HarnessError:
             raise
         except Exception as exc:
-            raise HarnessError.of("esmfuzz's checks", exc) from exc
+            raise harness_error("esmfuzz's checks", exc) from exc
         finally:
             self._outputs = None
         return Repeat(verdicts, spread)
@@ -410,7 +437,7 @@ class Harness:
         return Case(
             property=prop,
             sequences=tuple(sample.sequences),
-            model=self.pair.spec.text,
+            model=self.pair.spec.weights,
             dtype=dtype_name(self.pair.dtype),
             backend=self.backend,
             implementations={
@@ -463,3 +490,31 @@ def config_for_case(case: Case, *, device: str = "auto", base: Config | None = N
         padded_impl=case.implementations.get("padded", DEFAULT_PADDED),
         thresholds=P.Thresholds.from_mapping(thresholds),
     )
+
+
+def check_runnable(config: Config, report: str | None = None) -> None:
+    """What would otherwise fail only once the model loads, in every test: one
+    :class:`ConfigError` before anything runs (device, backend, model spec, checkpoint,
+    memory, report path)."""
+    from esmfuzz.models import parse_spec, plan_memory
+
+    try:
+        device = resolve_device(config.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--esm-device: {exc}") from None
+    try:
+        select_backend(config.backend, device, config.dtype)
+        plan_memory(parse_spec(config.model), device=device, dtype=config.dtype,
+                    oracle_dtype=config.oracle_dtype, loading=config.loading,
+                    device_memory=config.device_memory)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    if report:
+        folder = Path(report).resolve().parent
+        problem = (
+            "does not exist" if not folder.is_dir()
+            else "is not writable" if not os.access(folder, os.W_OK)
+            else None
+        )
+        if problem:
+            raise ConfigError(f"--esm-report {report!r}: folder {str(folder)!r} {problem}")

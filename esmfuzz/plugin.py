@@ -141,8 +141,9 @@ def settings_check(profile: str, database: str | None) -> None:
 def _configured(config: pytest.Config, given: dict, profile: str, report: str | None) -> Config:
     import dataclasses
 
-    from esmfuzz.config import check_runnable, crowd_limits, merged, read_pyproject
+    from esmfuzz.config import crowd_limits, merged, read_pyproject
     from esmfuzz.forward import ImplementationError, load_implementation
+    from esmfuzz.harness import check_runnable
 
     esm_config = merged(read_pyproject(config.rootpath), given,
                         lambda option: option.pytest_flag)

@@ -7,7 +7,6 @@ Outputs are per sequence: ``list[dict[layer, Tensor[L_i + 2, D]]]``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from esmfuzz import metrics
+from esmfuzz.config import Thresholds
 
 __all__ = [
     "FAILURE_KINDS",
@@ -104,60 +104,6 @@ def _check_index(name: str, value: object, size: int) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
         raise ValueError(f"{name}={value!r} is not an index into {size} sequences")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Pass/fail bounds, every one configurable; docs/oracles.md says how each was measured."""
-
-    sequence_cosine: float = 0.99
-    token_cosine: float = 0.95
-    error_ratio: float = 8.0
-    """k in ``err(tested) <= k * err(baselines) + atol``; errors are RMS statistics. Correct
-    controls reached 2.2 (pooled, 8M to 3B) and 5.4 (one baseline, 3B): docs/oracles.md."""
-    ulp_floor: float = 1.0
-    """atol of the error and context bounds, in ulps of the path's dtype (relative to the
-    oracle's RMS), so an exactly-equal baseline cannot make the bound zero."""
-    context_ratio: float = 8.0
-    """k for one sequence in two contexts: ``diff <= k * err(baselines) + atol``. Correct
-    controls reached 2.7 (four baselines, 3B) and 5.1 (one, 3B): docs/oracles.md."""
-    mean_abs_diff: float = 0.01
-    std_rel_diff: float = 0.05
-    l2_norm_rel_diff: float = 0.05
-    outlier_rel_diff: float = 0.25
-    statistics_ratio: float = 3.0
-    """A statistic also passes within this factor of fair-esm's own padded value in the
-    candidate dtype (bfloat16 alone moves 650M embeddings past mean_abs_diff 0.01)."""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"threshold {f.name}={value!r} must be a finite number >= 0")
-        for name in ("error_ratio", "context_ratio", "statistics_ratio"):
-            if getattr(self, name) == 0:
-                raise ValueError(f"threshold {name}=0.0 must be above 0 (it multiplies a "
-                                 f"baseline's own value)")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, object], *, source: str = "thresholds"):
-        known = {f.name for f in dataclasses.fields(cls)}
-        clean = {}
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ValueError(f"{source}: unknown threshold {key!r}; known: {sorted(known)}")
-            try:
-                clean[name] = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{source}: threshold {key}={value!r} is not a number") from None
-        try:
-            return cls(**clean)
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
-
-    def as_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

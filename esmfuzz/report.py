@@ -34,7 +34,7 @@ _DOTS = 600
 the shape without making the page heavy."""
 _RARE = ("X", "B", "U", "Z", "O", "<mask>")
 """Rare residues and the mask; zero counts are drawn too, since a never-drawn residue is
-exactly what the coverage plot is for (:data:`esmfuzz.alphabet.RARE_RESIDUES`)."""
+exactly what the reach plot is for (:data:`esmfuzz.alphabet.RARE_RESIDUES`)."""
 
 
 class ReportError(EsmfuzzError, ValueError):
@@ -125,7 +125,7 @@ class _Target:
     threshold: float | None = None
     examples: int = 0
     failing: int = 0
-    known: int = 0
+    seen_again: int = 0
     worst_margin: float | None = None
     seconds: float = 0.0
     values: list[float] = field(default_factory=list)
@@ -159,13 +159,11 @@ def _targets(processes: list[dict]) -> list[_Target]:
             t.threshold = _num(row.get("threshold")) if t.threshold is None else t.threshold
             t.examples += _int(row.get("examples"))
             t.failing += _int(row.get("failing"))
-            t.known += _int(row.get("known"))
+            t.seen_again += _int(row.get("seen_again", row.get("known")))  # "known" before v0.2
             margin = _num(row.get("worst_margin"))
             if margin is not None and (t.worst_margin is None or margin < t.worst_margin):
                 t.worst_margin = margin
-            first, last = _num(row.get("first")), _num(row.get("last"))
-            if first is not None and last is not None:
-                t.seconds += max(last - first, 0.0)
+            t.seconds += _num(row.get("seconds")) or 0.0  # its own time, as soak's table
             values = row.get("values") if isinstance(row.get("values"), list) else []
             t.values += [v for v in map(_num, values) if v is not None]
     return sorted(out.values(), key=lambda t: _order(t.name))
@@ -671,11 +669,11 @@ def _percent(share: float) -> str:
     return f"{100 * share:.0f}%" if share >= 0.1 else f"{100 * share:.1f}%"
 
 
-def _coverage(processes: list[dict]) -> str:
+def _reach(processes: list[dict]) -> str:
     sums: dict[str, Counter] = defaultdict(Counter)
     layouts = with_mask = 0
     for proc in processes:
-        cov = _mapping(proc.get("coverage"))
+        cov = _mapping(proc.get("reach", proc.get("coverage")))  # "coverage": before 2026-12-05
         for key in ("sequences_per_pack", "tokens_per_pack", "sequence_length",
                     "rare_and_mask_residues"):
             for label, n in _mapping(cov.get(key)).items():
@@ -724,7 +722,7 @@ def render_report(stats: dict, *, run_dir: Path) -> str:
                          "All targets of a process together, from its timeline snapshots "
                          "(~30 s apart, averaged over longer windows in a long run). One line "
                          "per round of each worker.")),
-        _section("Coverage of the input space", "coverage", _coverage(processes)),
+        _section("Reach into the input space", "reach", _reach(processes)),
         _section(f"Failures ({len(failures)})", "failures",
                  _failure_table(failures, t0, run_dir)),
     ]
@@ -821,7 +819,7 @@ def _margin_cell(margin: float | None) -> str:
 def _target_table(targets: list[_Target]) -> str:
     if not targets:
         return _empty("No target has run yet.")
-    head = ("Target", "Metric", "Bound", "Examples", "Examples / s", "Failing", "Known",
+    head = ("Target", "Metric", "Bound", "Examples", "Examples / s", "Failing", "Seen again",
             "Worst margin")
     rows = []
     for t in targets:
@@ -832,7 +830,7 @@ def _target_table(targets: list[_Target]) -> str:
         rows.append(f"<tr><td class='mono'>{_e(t.name)}</td><td>{_e(t.metric or '–')}</td>"
                     f"<td class='num'>{_e(bound)}</td><td class='num'>{t.examples:,}</td>"
                     f"<td class='num'>{_e(rate)}</td><td class='num'>{failing}</td>"
-                    f"<td class='num'>{t.known:,}</td>{_margin_cell(t.worst_margin)}</tr>")
+                    f"<td class='num'>{t.seen_again:,}</td>{_margin_cell(t.worst_margin)}</tr>")
     return _table(head, rows)
 
 

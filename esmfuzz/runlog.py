@@ -18,15 +18,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["RunLog", "bin_of", "COVERAGE_BINS"]
+__all__ = ["RunLog", "bin_of", "REACH_BINS"]
 
 SCHEMA = 1
-COVERAGE_BINS = {
+REACH_BINS = {
     "sequences_per_pack": (1, 2, 4, 8, 16, 32, 64, 128, 256),
     "tokens_per_pack": (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
     "sequence_length": (1, 10, 50, 100, 200, 500, 800, 1022),
 }
-"""Upper edges of the coverage histograms; a value goes into the first bin it fits."""
+"""Upper edges of the reach histograms; a value goes into the first bin it fits."""
 
 _KEEP = 2000
 """Metric values kept per target (a uniform reservoir): enough for a distribution plot,
@@ -43,7 +43,7 @@ def bin_of(value: int, edges) -> str:
 
 
 class RunLog:
-    """Per process: examples, metric samples, a timeline and coverage counts."""
+    """Per process: examples, metric samples, a timeline and reach counts."""
 
     def __init__(self, path: Path | str, *, worker: str, every: float = 10.0,
                  describe: dict | None = None):
@@ -55,7 +55,7 @@ class RunLog:
         self.last_write = 0.0
         self.targets: dict[str, dict] = {}
         self.timeline: list[dict] = []
-        self.coverage = {name: Counter() for name in COVERAGE_BINS}
+        self.reach = {name: Counter() for name in REACH_BINS}
         self.residues: Counter = Counter()
         self.layouts = self.with_mask = 0
         self.failures: list[dict] = []
@@ -85,7 +85,7 @@ class RunLog:
 
     def target(self, name: str) -> dict:
         return self.targets.setdefault(name, {
-            "examples": 0, "failing": 0, "known": 0, "worst_margin": None, "metric": "",
+            "examples": 0, "failing": 0, "seen_again": 0, "worst_margin": None, "metric": "",
             "threshold": None, "values": [], "seen": 0, "first": None, "last": None,
             "seconds": 0.0, "mark": None, "residues": 0, "check_seconds": 0.0, "phases": {},
         })
@@ -114,7 +114,7 @@ class RunLog:
         row["mark"] = now
         if verdict is not None:
             row["failing"] += not verdict.ok and not known
-            row["known"] += known
+            row["seen_again"] += known
             margin = verdict.margin
             if math.isfinite(margin) and (row["worst_margin"] is None
                                           or margin < row["worst_margin"]):
@@ -150,18 +150,18 @@ class RunLog:
                 values[slot] = value
 
     def _cover(self, layout) -> int:
-        """Counts ``layout`` into the coverage histograms; returns its residues."""
+        """Counts ``layout`` into the reach histograms; returns its residues."""
         from esmfuzz.alphabet import MASK, RARE_RESIDUES, layout_residues
 
         lengths, residues = layout_residues(layout)
         self.layouts += 1
-        self.coverage["sequences_per_pack"][bin_of(len(lengths),
-                                                   COVERAGE_BINS["sequences_per_pack"])] += 1
+        self.reach["sequences_per_pack"][bin_of(len(lengths),
+                                                   REACH_BINS["sequences_per_pack"])] += 1
         tokens = sum(lengths) + 2 * len(lengths)
-        self.coverage["tokens_per_pack"][bin_of(tokens, COVERAGE_BINS["tokens_per_pack"])] += 1
+        self.reach["tokens_per_pack"][bin_of(tokens, REACH_BINS["tokens_per_pack"])] += 1
         for length in lengths:
-            self.coverage["sequence_length"][bin_of(length,
-                                                    COVERAGE_BINS["sequence_length"])] += 1
+            self.reach["sequence_length"][bin_of(length,
+                                                    REACH_BINS["sequence_length"])] += 1
         self.with_mask += MASK in residues
         self.residues.update(r for r in residues if r in RARE_RESIDUES or r == MASK)
         return sum(lengths)
@@ -196,8 +196,8 @@ class RunLog:
             **self.describe,
             "targets": self.targets,
             "timeline": self.timeline,
-            "coverage": {
-                **{k: dict(v) for k, v in self.coverage.items()},
+            "reach": {
+                **{k: dict(v) for k, v in self.reach.items()},
                 "rare_and_mask_residues": dict(self.residues),
                 "layouts": self.layouts,
                 "layouts_with_mask": self.with_mask,

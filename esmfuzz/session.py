@@ -24,7 +24,7 @@ from esmfuzz.alphabet import residue_count
 from esmfuzz.config import Config, dtype_name
 from esmfuzz.corpus import Case, CorpusError, load_case, load_corpus, save_case
 from esmfuzz.errors import HarnessError
-from esmfuzz.harness import Harness, harness_for
+from esmfuzz.harness import Harness, harness_error, harness_for
 from esmfuzz.properties import FAILURE_KINDS, NONDETERMINISTIC, Sample, Verdict
 from esmfuzz.record import Record
 from esmfuzz.registry import PROPERTIES
@@ -262,7 +262,7 @@ def check_example(
         session.skip(target_name, failure)
         return None
     except Exception as exc:  # esmfuzz's own code, outside the check (never a finding)
-        session.skip(target_name, HarnessError.of("esmfuzz's checks", exc))
+        session.skip(target_name, harness_error("esmfuzz's checks", exc))
         return None
     if session.log is not None:
         session.log.timing(target_name, time.perf_counter() - started,
@@ -586,16 +586,12 @@ def applies(case: Case, config: Config) -> bool:
     from esmfuzz.models import parse_spec
 
     try:
-        same_model = _weights(parse_spec(case.model)) == _weights(parse_spec(config.model))
+        same_model = parse_spec(case.model).weights == parse_spec(config.model).weights
     except ValueError:
         return False
     ours = {"packed": config.packed_impl, "padded": config.padded_impl}
     return (same_model and case.dtype == dtype_name(config.dtype)
             and all(case.implementations.get(kind) == impl for kind, impl in ours.items()))
-
-
-def _weights(spec) -> tuple:
-    return (spec.kind, spec.name, str(spec.path) if spec.path else None, spec.seed, spec.profile)
 
 
 def _replays_in(case: Case, strata, stratum) -> bool:

@@ -344,11 +344,11 @@ def totals(processes: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for proc in processes:
         for name, row in proc.get("targets", {}).items():
-            t = out.setdefault(name, {"examples": 0, "failing": 0, "known": 0,
+            t = out.setdefault(name, {"examples": 0, "failing": 0, "seen_again": 0,
                                       "worst_margin": None, "seconds": 0.0, "devices": set()})
             t["examples"] += row.get("examples", 0)
             t["failing"] += row.get("failing", 0)
-            t["known"] += row.get("known", 0)
+            t["seen_again"] += row.get("seen_again", 0)
             margin = row.get("worst_margin")
             if margin is not None and (t["worst_margin"] is None or margin < t["worst_margin"]):
                 t["worst_margin"] = margin
@@ -362,12 +362,12 @@ def progress_table(processes: list[dict], run: SoakRun) -> str:
     failures = sum(len(p.get("failures", [])) for p in processes)
     lines = [f"-- {_clock(run.elapsed)} run, {_clock(max(run.duration - run.elapsed, 0))} left, "
              f"round {run.rounds}, {failures} failure(s) saved --"]
-    lines.append(f"{'target':<30}{'examples':>9}{'ex/s':>8}{'fail':>6}{'known':>7}"
+    lines.append(f"{'target':<30}{'examples':>9}{'ex/s':>8}{'fail':>6}{'again':>7}"
                  f"{'worst margin':>14}  workers")
     for name, t in sorted(rows.items()):
         rate = t["examples"] / t["seconds"] if t["seconds"] > 0 else 0.0
         margin = "-" if t["worst_margin"] is None else f"{t['worst_margin']:.3g}"
-        lines.append(f"{name:<30}{t['examples']:>9}{rate:>8.2f}{t['failing']:>6}{t['known']:>7}"
+        lines.append(f"{name:<30}{t['examples']:>9}{rate:>8.2f}{t['failing']:>6}{t['seen_again']:>7}"
                      f"{margin:>14}  {', '.join(sorted(t['devices']))}")
     return "\n".join(lines)
 

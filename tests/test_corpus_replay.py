@@ -1,4 +1,7 @@
-"""Replay every corpus case as its own test: ``fixed`` must pass, ``open`` is a strict xfail."""
+"""Replay every corpus case as its own test: ``fixed`` must pass, ``open`` is a strict xfail.
+
+Both corpora: the user-facing ``corpus/`` (empty as shipped) and the seeded-fault cases of
+``tests/data/corpus/``."""
 
 from pathlib import Path
 
@@ -9,15 +12,20 @@ from esmfuzz.corpus import load_corpus
 from esmfuzz.errors import HarnessError
 from esmfuzz.harness import config_for_case, harness_for
 
-CORPUS = Path(__file__).resolve().parent.parent / "corpus"
-_cases, _errors = load_corpus(CORPUS)
+HERE = Path(__file__).resolve().parent
+_cases, _errors = [], []
+for _root in (HERE.parent / "corpus", HERE / "data" / "corpus"):
+    _found, _bad = load_corpus(_root)
+    _cases += _found
+    _errors += _bad
 
 
 def _param(path, case):
     marks = []
     if case.status in ("open", "accepted"):
         marks.append(pytest.mark.xfail(strict=True, reason=f"{case.status} case {case.id}"))
-    return pytest.param(case, id=f"{case.property}/{path.stem}", marks=marks)
+    return pytest.param(case, id=f"{path.parent.parent.name}/{case.property}/{path.stem}",
+                        marks=marks)
 
 
 @pytest.mark.parametrize("case", [_param(p, c) for p, c in _cases])

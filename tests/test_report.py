@@ -79,7 +79,7 @@ def _process(rng, worker, names, case):
     for n in names:
         metric, threshold, _, _ = TARGETS[n]
         failing = sum(_margin(metric, threshold, v) < 0 for v in values[n]) if threshold else 0
-        targets[n] = {"examples": examples[n], "failing": failing, "known": 0,
+        targets[n] = {"examples": examples[n], "failing": failing, "seen_again": 0,
                       "worst_margin": margins[n], "metric": metric, "threshold": threshold,
                       "values": values[n][:2000], "seen": len(values[n]),
                       "first": T0 + 5, "last": T0 + 5 + 30 * 39}
@@ -95,7 +95,7 @@ def _process(rng, worker, names, case):
             "device": "cuda:" + worker[-1], "dtype": "float16", "packed_impl":
             "esmfuzz.forward:packed_forward", "padded_impl": "esmfuzz.forward:padded_forward",
             "profile": "soak", "targets": targets, "timeline": timeline,
-            "coverage": {"sequences_per_pack": {"1": 40, "2": 35, "3-4": 61, "5-8": 44,
+            "reach": {"sequences_per_pack": {"1": 40, "2": 35, "3-4": 61, "5-8": 44,
                                                 "9-16": 12, "17-32": 3},
                          "tokens_per_pack": {"65-128": 20, "129-256": 51, "257-512": 70,
                                              "513-1024": 41, "1025-2048": 11, "1-64": 9,
@@ -178,7 +178,7 @@ def test_partial_and_empty_statistics_render(tmp_path):
                                                              "threshold": None}},
          "timeline": [{"t": T0, "examples": {"error_ratio[short]": 0},
                        "worst_margin": {"error_ratio[short]": None}}],
-         "coverage": None, "failures": [{"signature": "x", "case": "", "t": None}]},
+         "reach": None, "failures": [{"signature": "x", "case": "", "t": None}]},
         "not a process"]}
     text = render_report(partial, run_dir=tmp_path)
     assert "error_ratio[short]" in text and "not saved" in text

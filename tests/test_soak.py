@@ -152,7 +152,7 @@ def test_soak_statistics_are_complete_json(clean_soak):
     row = proc["targets"]["error_ratio[short]"]
     assert row["metric"] == "error_ratio" and row["threshold"] == 8
     assert len(row["values"]) == row["seen"] >= 1 and max(row["values"]) < 8
-    assert len(proc["timeline"]) >= 2 and proc["coverage"]["layouts"] >= 2
+    assert len(proc["timeline"]) >= 2 and proc["reach"]["layouts"] >= 2
     assert cases(root) == []
 
 

@@ -5,6 +5,7 @@ One module per concern, so each reads on its own (spec <- synthetic <- checkpoin
 ``parse_dtype`` and ``load_checkpoint`` are re-exported too, outside ``__all__``, for their callers.
 """
 
+from esmfuzz.config import resolve_device
 from esmfuzz.models.checkpoint import CheckpointError, load_model
 from esmfuzz.models.checkpoint import load_checkpoint as load_checkpoint
 from esmfuzz.models.memory import InsufficientMemory, MemoryEstimate, estimate_memory
@@ -16,7 +17,6 @@ from esmfuzz.models.spec import (
     ModelSpec,
     ModelSpecError,
     parse_spec,
-    resolve_device,
 )
 from esmfuzz.models.spec import parse_dtype as parse_dtype
 from esmfuzz.models.synthetic import cache_dir, synthetic_checkpoint

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
+from esmfuzz.config import resolve_device
 from esmfuzz.models.checkpoint import load_model
 from esmfuzz.models.loading import Shuttle, device_copy
 from esmfuzz.models.memory import MemoryEstimate, Plan, plan
-from esmfuzz.models.spec import DEFAULT_SPEC, ModelSpec, parse_dtype, parse_spec, resolve_device
+from esmfuzz.models.spec import DEFAULT_SPEC, ModelSpec, parse_dtype, parse_spec
 
 
 @dataclass

@@ -71,6 +71,15 @@ class ModelSpec:
     def architecture(self) -> Architecture | None:
         return ARCHITECTURES.get(self.name)
 
+    @property
+    def weights(self) -> str:
+        """The spec that names these very weights, whatever defaults change: a synthetic
+        model's profile (and seed) spelled out. What a corpus case records."""
+        if self.kind != "synthetic":
+            return self.text
+        seed = f"seed={self.seed}&" if self.seed else ""
+        return f"synthetic:{self.name}?{seed}profile={self.profile}"
+
 
 _SYNTHETIC_FORM = "synthetic:<esm2 name>[?seed=N][&profile=random|trained]"
 
@@ -116,15 +125,6 @@ def parse_spec(text: str) -> ModelSpec:
         f"model spec {text!r} is not a fair-esm ESM-2 name ({known}), a path to a .pt "
         f"checkpoint, or '{_SYNTHETIC_FORM}'"
     )
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={str(device)!r} asked for, but CUDA is not available here")
-    return device
 
 
 def parse_dtype(
