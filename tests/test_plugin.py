@@ -114,15 +114,25 @@ def test_summary_table_lists_the_properties(correct_run):
 
 @pytest.fixture(scope="module")
 def leaky_runs(tmp_path_factory, run_env):
-    """The leaky implementation fuzzed twice into the same corpus; without ``<mask>``, whose
-    token-dropout ratio the leaked token would change at the embedding already."""
+    """The leaky implementation fuzzed twice into the same corpus: first without ``<mask>``
+    (the leak alone: the embedding is untouched), then with it (the leaked token also changes
+    the ``<mask>`` ratio the embedding is scaled by: a second symptom)."""
     root = _workdir(tmp_path_factory, "leaky")
-    options = ("--esm-packed-impl", f"{IMPLS}:leaky_packed", "--esm-no-mask",
+    options = ("--esm-packed-impl", f"{IMPLS}:leaky_packed",
                "--esm-threshold", "token_cosine=0.5")
-    first = fuzz(root, run_env, ERROR_RATIO_SHORT, *options)
+    first = fuzz(root, run_env, ERROR_RATIO_SHORT, *options, "--esm-no-mask")
     after_first = corpus_files(root)
-    second = fuzz(root, run_env, ERROR_RATIO_SHORT, *options)
+    second = fuzz(root, run_env, ERROR_RATIO_SHORT, *options, "--esm-no-mask")
     return root, first, after_first, second, corpus_files(root)
+
+
+@pytest.fixture(scope="module")
+def masked_run(leaky_runs, run_env):
+    """A third run into the same corpus, ``<mask>`` allowed."""
+    root, *_, after = leaky_runs
+    done = fuzz(root, run_env, ERROR_RATIO_SHORT, "--esm-packed-impl", f"{IMPLS}:leaky_packed",
+                "--esm-threshold", "token_cosine=0.5")
+    return after, done, corpus_files(root)
 
 
 def test_leak_fails_with_a_precise_message(leaky_runs):
@@ -156,9 +166,7 @@ def test_leak_is_shrunk_into_one_small_corpus_case(leaky_runs):
 
 def test_second_run_knows_the_open_case_and_fuzzes_on(leaky_runs):
     """The open case still fails: its bug is reported as still open, and the same bug found
-    again is counted, not shrunk and saved again. Fuzzing past it finds the leak's second
-    symptom: a sequence with <mask> after the first sees the <mask> ratio of a span one
-    token longer, so even the embedding (layer 0) differs: a new signature, a new case."""
+    again is counted, not shrunk and saved again; a known bug does not fail the run."""
     _, first, after_first, second, after_second = leaky_runs
     out = second.stdout
     [sig] = [line.split("signature: ", 1)[1].strip() for line in first.stdout.splitlines()
@@ -166,10 +174,19 @@ def test_second_run_knows_the_open_case_and_fuzzes_on(leaky_runs):
     assert f"[still open] {sig}:" in out, out
     assert "seen again" in out and str(after_first[0]) in out
     assert f"corpus case: {after_first[0]}" not in out  # not shrunk and saved again
-    new = [path for path in after_second if path not in after_first]
-    assert len(new) == len(after_second) - 1 == 1, after_second
+    assert after_second == after_first
+    assert second.returncode == pytest.ExitCode.OK, out
+
+
+def test_fuzzing_past_a_known_bug_finds_its_second_symptom(masked_run):
+    """A sequence with <mask> after the first sees the <mask> ratio of a span one token
+    longer, so even the embedding (layer 0) differs: a new signature, a new case."""
+    before, done, after = masked_run
+    out = done.stdout
+    new = [path for path in after if path not in before]
+    assert len(new) == len(after) - 1 == 1, after
     assert "[new] error_ratio: error_ratio in the packed output, failing layers 0,1,3,6" in out
-    assert second.returncode == pytest.ExitCode.TESTS_FAILED
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED
     case = json.loads(new[0].read_text())
     assert any("<mask>" in s for s in case["sequences"]), case["sequences"]
 
@@ -187,12 +204,14 @@ def test_one_bug_seen_by_three_properties_is_saved_once(tmp_path_factory, run_en
     failing example fails error_ratio with error_ratio's signature: both are the same bug,
     folded into error_ratio's case instead of being shrunk and saved again. On the random
     weights: on the trained-like ones the massive <cls>/<eos> channels hold the cosines above
-    their bounds, and packed_precision does not see this bug in the short stratum."""
+    their bounds, and packed_precision does not see this bug in the short stratum. Even on
+    the random ones the rescale moves the residue-mean cosine to 0.994, a hair past 0.99 on
+    some draws only: the bound is 0.999 here, far from float16's 0.9999+."""
     root = _workdir(tmp_path_factory, "fold")
     done = fuzz(root, run_env, f"({ERROR_RATIO_SHORT}) or statistics or "
                 "(packed_precision-short)", "--esm-packed-impl",
                 "tests.faults.packed:missing_token_dropout_rescale",
-                "--esm-model", RANDOM_WEIGHTS)
+                "--esm-model", RANDOM_WEIGHTS, "--esm-threshold", "sequence_cosine=0.999")
     out = done.stdout
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, out
     assert [f.parent.name for f in corpus_files(root)] == ["error_ratio"], out
