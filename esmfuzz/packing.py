@@ -37,8 +37,6 @@ class PackedBatch:
     cu_seqlens: torch.Tensor
     """int32 [B+1]: 0 = cu[0] < cu[1] < ... < cu[B] = N."""
     max_seqlen: int
-    position_ids: torch.Tensor
-    """LongTensor [N]: 0 at every boundary, then counting up inside each sequence."""
 
     @property
     def num_sequences(self) -> int:
@@ -53,7 +51,6 @@ class PackedBatch:
             self.tokens.to(device),
             self.cu_seqlens.to(device),
             self.max_seqlen,
-            self.position_ids.to(device),
         )
 
 
@@ -117,7 +114,7 @@ def pack(
     cu_seqlens = torch.zeros(len(chunks) + 1, dtype=torch.int32)
     cu_seqlens[1:] = lengths.cumsum(0)
     tokens = torch.tensor([t for c in chunks for t in c], dtype=torch.long)
-    batch = PackedBatch(tokens, cu_seqlens, int(lengths.max()), position_ids(cu_seqlens))
+    batch = PackedBatch(tokens, cu_seqlens, int(lengths.max()))
     return batch.to(device) if device is not None else batch
 
 
