@@ -300,13 +300,15 @@ class _Runner:
     def _progress(self) -> None:
         table = progress_table(_read_logs(self.dir), self.run)
         if self.live is not None:
-            self.live.update(table)
+            from rich.text import Text
+
+            self.live.update(Text(table))  # plain text: rich would read [short] as markup
         else:
             self._say(table)
 
     def _say(self, text: str) -> None:
         if self.live is not None:
-            self.live.console.print(text)
+            self.live.console.print(text, markup=False, highlight=False)
         else:
             print(text, file=self.out, flush=True)
 

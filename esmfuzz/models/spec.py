@@ -16,11 +16,11 @@ from esmfuzz.config import DEFAULT_MODEL
 from esmfuzz.errors import EsmfuzzError
 
 DEFAULT_SPEC = DEFAULT_MODEL
-PROFILES = ("random", "trained")
+WEIGHT_PROFILES = ("random", "trained")
 """Weight profiles of a synthetic model (``esmfuzz.models.synthetic``): ``trained`` (the
 default: massive activations, attention sinks, logits past float16's ``exp`` range, as
 trained models have; docs/trained-like.md) and ``random`` (the same weights without them)."""
-DEFAULT_PROFILE = "trained"
+DEFAULT_WEIGHTS = "trained"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ModelSpec:
     name: str
     path: Path | None = None
     seed: int = 0
-    profile: str = DEFAULT_PROFILE
+    profile: str = DEFAULT_WEIGHTS
     """Of a synthetic model: ``random`` or ``trained`` (trained-like activations)."""
 
     @property
@@ -101,10 +101,10 @@ def _synthetic(text: str, known: str) -> ModelSpec:
     seed = options.get("seed", "0")
     if not seed.isdigit():
         raise ModelSpecError(f"model spec {text!r}: seed={seed!r} must be a whole number >= 0")
-    profile = options.get("profile", DEFAULT_PROFILE)
-    if profile not in PROFILES:
+    profile = options.get("profile", DEFAULT_WEIGHTS)
+    if profile not in WEIGHT_PROFILES:
         raise ModelSpecError(f"model spec {text!r}: profile={profile!r} must be one of "
-                             f"{', '.join(PROFILES)}")
+                             f"{', '.join(WEIGHT_PROFILES)}")
     return ModelSpec(text, "synthetic", name, seed=int(seed), profile=profile)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from esmfuzz.models.spec import ARCHITECTURES, DEFAULT_PROFILE, PROFILES
+from esmfuzz.models.spec import ARCHITECTURES, DEFAULT_WEIGHTS, WEIGHT_PROFILES
 
 
 def cache_dir() -> Path:
@@ -32,10 +32,10 @@ host must hold it next to the FP32 model built from it (a 64 GB disk and 128 GB 
 the H200 machines esmfuzz is measured on). The FP32 reference then holds the float16 values."""
 
 
-def synthetic_checkpoint(name: str, seed: int = 0, profile: str = DEFAULT_PROFILE) -> Path:
+def synthetic_checkpoint(name: str, seed: int = 0, profile: str = DEFAULT_WEIGHTS) -> Path:
     """Write, once, a fair-esm-format checkpoint of ``name``'s architecture with seeded weights."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile={profile!r} must be one of {', '.join(PROFILES)}")
+    if profile not in WEIGHT_PROFILES:
+        raise ValueError(f"profile={profile!r} must be one of {', '.join(WEIGHT_PROFILES)}")
     arch = ARCHITECTURES[name]
     folder = cache_dir() / "synthetic" / f"v{_SYNTHETIC_VERSION}" / profile / f"seed{seed}"
     model_path = folder / f"{name}.pt"
