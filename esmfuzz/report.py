@@ -29,6 +29,7 @@ from esmfuzz.charts import (
     strip_chart,
 )
 from esmfuzz.errors import EsmfuzzError
+from esmfuzz.soak import known_again, not_run
 from esmfuzz.svg import (
     FAIL,
     INK,
@@ -173,15 +174,26 @@ def _header(run: dict, processes: list[dict], targets: list[Target], failures: l
     rate = examples / elapsed if elapsed else None
     workers = str(run.get("workers") or "?")
     signatures = len({f.get("signature") for f in failures})
+    again = known_again(processes)
+    still = (f"still failing: {plural(len(again), 'known bug')} "
+             f"({', '.join(escape(i['case'] or s) for s, i in sorted(again.items()))})"
+             if again else "")
+    missing = not_run(run, processes)
+    unrun = (f'<div class="verdict idle">{len(missing)} of {len(run.get("targets", []))} '
+             f'targets did not run: {escape(", ".join(missing))}</div>' if missing else "")
     if failures:
         verdict = (f'<div class="verdict fail">{plural(len(failures), "failure")} saved, '
                    f'{plural(signatures, "distinct signature")}: '
-                   f'<a href="#failures">see the cases</a></div>')
+                   f'<a href="#failures">see the cases</a>'
+                   f'{"; " + still if still else ""}</div>')
+    elif again:
+        verdict = f'<div class="verdict fail">No new failure saved; {still}</div>'
     elif examples:
         verdict = (f'<div class="verdict ok">No failures in {examples:,} examples over '
                    f'{len(targets)} targets</div>')
     else:
         verdict = '<div class="verdict idle">No examples recorded yet</div>'
+    verdict += unrun
     done = min(elapsed / duration, 1.0) if elapsed is not None and duration else None
     progress = (f'<div class="bar"><span style="width:{100 * done:.1f}%"></span></div>'
                 if done is not None else "")

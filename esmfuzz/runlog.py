@@ -59,6 +59,9 @@ class RunLog:
         self.residues: Counter = Counter()
         self.layouts = self.with_mask = 0
         self.failures: list[dict] = []
+        self.seen_again: dict[str, dict] = {}
+        """Known bugs (saved by another process, or open in the corpus) this process failed
+        on again, by signature: ``{"case", "targets", "count"}``."""
         self.skipped: dict[str, int] = {}
         """Examples not checked, by why esmfuzz's own computation failed."""
         self._random = random.Random(0)
@@ -173,6 +176,16 @@ class RunLog:
             row["skipped"] = row.get("skipped", 0) + 1
             self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
+    def again(self, signature: str, *, case: str, target: str) -> None:
+        """A failure with a known bug's signature: a failure of this run too."""
+        with self._lock:
+            item = self.seen_again.setdefault(signature, {"case": case, "targets": [],
+                                                          "count": 0})
+            item["count"] += 1
+            item["case"] = item["case"] or case
+            if target not in item["targets"]:
+                item["targets"].append(target)
+
     def failure(self, entry: dict) -> None:
         with self._lock:
             self.failures.append(entry)
@@ -203,6 +216,7 @@ class RunLog:
                 "layouts_with_mask": self.with_mask,
             },
             "failures": self.failures,
+            "seen_again": self.seen_again,
             "skipped": self.skipped,
         }
 

@@ -71,6 +71,8 @@ class SoakRun:
     elapsed: float = 0.0
     rounds: int = 0
     state: str = "running"
+    targets: list[str] = field(default_factory=list)
+    """The fuzz targets collected (``error_ratio[short]``): a target that never ran is said."""
 
     @property
     def path(self) -> Path:
@@ -142,6 +144,40 @@ def _fitting(pytest_args: list[str]) -> int:
     return max(1, int(0.9 * total // estimate.device_bytes))
 
 
+_PYTEST_VALUES = ("-k", "-m", "-p", "-n", "-c", "-o", "-W", "--rootdir", "--maxfail", "--tb",
+                  "--junitxml", "--basetemp", "--confcutdir", "--deselect", "--ignore",
+                  "--ignore-glob", "--hypothesis-seed", "--durations", "--dist",
+                  "--override-ini", "--log-level", "--import-mode", "--capture",
+                  "--numprocesses")
+"""pytest's (and its plugins') options that take a value, as ``esmfuzz soak`` passes them on."""
+
+
+def pytest_arguments(args: list[str]) -> list[str]:
+    """``args`` with every option's value joined to it (``--esm-corpus=DIR``, ``-kEXPR``):
+    a value that is an existing path (a corpus, a checkpoint) can never become a test path,
+    whose presence would replace ``fuzz/``."""
+    from esmfuzz.config import OPTIONS
+
+    takes_value = {o.pytest_flag for o in OPTIONS if o.action != "store_false"}
+    takes_value.update(_PYTEST_VALUES)
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in takes_value and i + 1 < len(args):
+            out.append(f"{arg}={args[i + 1]}" if arg.startswith("--") else arg + args[i + 1])
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _target_name(nodeid: str) -> str | None:
+    """``error_ratio[short]`` for a fuzz target's node id; None for any other test."""
+    found = re.search(r"::test_property\[(\w+)-(\w+)\]$", nodeid)
+    return f"{found.group(1)}[{found.group(2)}]" if found else None
+
+
 def _corpus_of(pytest_args: list[str]) -> str:
     return str(Path(option_value(pytest_args, "corpus")).resolve())
 
@@ -181,20 +217,27 @@ class _Runner:
     # -- rounds -------------------------------------------------------------------------
     def _count_targets(self) -> int:
         """The targets the rounds will run; a usage error (a bad option, an unreachable
-        database) ends the run here, before any round."""
+        database), or a collection holding tests that are not esmfuzz's fuzz targets, ends
+        the run here, before any round."""
         done = subprocess.run([*self._pytest(), "--collect-only"], capture_output=True,
                               text=True)
-        count = sum(1 for line in done.stdout.splitlines() if "::" in line)
-        if done.returncode != 0 or count == 0:
+        nodeids = [line.strip() for line in done.stdout.splitlines() if "::" in line]
+        if done.returncode != 0 or not nodeids:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
             raise SoakError(f"pytest could not collect fuzz targets to soak (exit "
                             f"{done.returncode}):\n{tail}")
-        return count
+        others = [n for n in nodeids if _target_name(n) is None]
+        if others:
+            raise SoakError(f"pytest collected {len(others)} test(s) that are not esmfuzz fuzz "
+                            f"targets (first: {', '.join(others[:3])}); give paths that hold "
+                            f"only fuzz targets (default fuzz/)")
+        self.run.targets = [_target_name(n) for n in nodeids]
+        return len(nodeids)
 
     def _pytest(self) -> list[str]:
         """pytest on the fuzz targets (``fuzz/`` unless the arguments name a path) under the
         soak profile, with the run's claims and database."""
-        args = list(self.run.pytest_args)
+        args = pytest_arguments(list(self.run.pytest_args))
         base = args if _has_path(args) else ["fuzz/", *args]
         command = [sys.executable, "-m", "pytest", *base, "--esm-profile", "soak",
                    "--esm-claims", str(Path(self.run.corpus) / ".claims"),
@@ -223,6 +266,8 @@ class _Runner:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
         self.run.state = "running"
+        while self._round_used(self.run.rounds):  # a resumed run never overwrites a round
+            self.run.rounds += 1
         self.run.save()
         targets = self._count_targets()
         self._say(f"esmfuzz soak: {targets} targets, {self.workers} worker(s) "
@@ -241,8 +286,11 @@ class _Runner:
             self.live.stop()
             self.live = None
         self._say(summary(stats))
-        new = [f for p in stats["processes"] for f in p.get("failures", [])]
-        return 1 if new and self.run.state == "finished" else 0
+        return 1 if failing(stats["processes"]) else 0
+
+    def _round_used(self, number: int) -> bool:
+        return ((self.dir / f"pytest-round-{number}.log").exists()
+                or any((self.dir / "logs").glob(f"round-{number}-*.json")))
 
     def _round(self, slice_seconds: float) -> None:
         log = (self.dir / f"pytest-round-{self.run.rounds}.log").open("w")
@@ -252,7 +300,8 @@ class _Runner:
         began = time.monotonic()
         elapsed_before = self.run.elapsed
         self.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True,
+                                      preexec_fn=_dies_with(os.getpid()))
         last_stats = last_progress = 0.0
         deadline_hit = False
         try:
@@ -298,13 +347,24 @@ class _Runner:
         return stats
 
     def _progress(self) -> None:
-        table = progress_table(_read_logs(self.dir), self.run)
+        processes = _read_logs(self.dir)
+        table = self._state(processes) + "\n" + progress_table(processes, self.run)
         if self.live is not None:
             from rich.text import Text
 
             self.live.update(Text(table))  # plain text: rich would read [short] as markup
         else:
             self._say(table)
+
+    def _state(self, processes: list[dict]) -> str:
+        """What the run is doing now, in words: loading, fuzzing, stopping."""
+        if self.stop_asked is not None:
+            waited = time.monotonic() - self.stop_asked
+            return (f"stopping: SIGTERM sent {waited:.0f} s ago; the examples in flight end "
+                    f"and what was found is saved (SIGKILL after {_GRACE:g} s)")
+        if not any(t["examples"] for t in totals(processes).values()):
+            return "loading: pytest is starting and loading the model pair"
+        return f"fuzzing: round {self.run.rounds}"
 
     def _say(self, text: str) -> None:
         if self.live is not None:
@@ -374,21 +434,71 @@ def progress_table(processes: list[dict], run: SoakRun) -> str:
     return "\n".join(lines)
 
 
+def known_again(processes: list[dict]) -> dict[str, dict]:
+    """Known bugs (saved by another process or machine, or open in the corpus) that this
+    run failed on again, by signature, over every process: failures of this run too."""
+    out: dict[str, dict] = {}
+    for proc in processes:
+        for sig, item in (proc.get("seen_again") or {}).items():
+            mine = out.setdefault(sig, {"case": "", "targets": [], "count": 0})
+            mine["count"] += item.get("count", 0)
+            mine["case"] = mine["case"] or item.get("case", "")
+            mine["targets"] += [t for t in item.get("targets", []) if t not in mine["targets"]]
+    return out
+
+
+def failing(processes: list[dict]) -> bool:
+    """The run found a bug: a new failure saved, or a known one failing again."""
+    return any(p.get("failures") for p in processes) or bool(known_again(processes))
+
+
+def not_run(run: dict, processes: list[dict]) -> list[str]:
+    """Collected targets that no process ran an example of."""
+    ran = {name for name, t in totals(processes).items() if t["examples"]}
+    return [name for name in run.get("targets", []) if name not in ran]
+
+
 def summary(stats: dict) -> str:
     run = stats["run"]
     processes = stats["processes"]
     rows = totals(processes)
     examples = sum(t["examples"] for t in rows.values())
     failures = [f for p in processes for f in p.get("failures", [])]
+    again = known_again(processes)
     lines = [f"esmfuzz soak {run['state']} after {_clock(run['elapsed'])} "
              f"({run['rounds']} round(s)): {examples} examples over {len(rows)} targets; "
-             f"{len(failures)} failure(s) saved",
+             f"{len(failures)} failure(s) saved"
+             + (f"; still failing: {len(again)} known bug(s)" if again else ""),
              progress_table(processes, SoakRun(**run))]
     for f in failures:
         lines.append(f"  {f.get('target')}: {f.get('signature')}; case {f.get('case') or '-'}")
+    for sig, item in sorted(again.items()):
+        lines.append(f"  still failing: {sig}; {item['count']} example(s) in "
+                     f"{', '.join(item['targets'])}; case {item['case'] or '-'}")
+    missing = not_run(run, processes)
+    if missing:
+        lines.append(f"{len(missing)} of {len(run['targets'])} targets did not run: "
+                     f"{', '.join(missing)} (a longer --duration gives each a slice)")
     lines.append(f"statistics: {Path(run['run_dir']) / 'statistics.json'}; "
                  f"report: esmfuzz report {run['run_dir']}")
     return "\n".join(lines)
+
+
+def _dies_with(parent: int):
+    """A ``preexec_fn``: the child gets SIGTERM when the soak process dies, even by SIGKILL
+    (Linux's parent-death signal), so no orphan keeps fuzzing and holding the device."""
+
+    def arm() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def _clock(seconds: float) -> str:

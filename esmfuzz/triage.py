@@ -131,7 +131,7 @@ class Claims:
 
     def _mine(self, sig: str, **more) -> str:
         return json.dumps({"signature": sig, "namespace": self.namespace, "pid": os.getpid(),
-                           "host": socket.gethostname(), **more})
+                           "host": socket.gethostname(), "t": time.time(), **more})
 
     def claim(self, sig: str) -> bool:
         """True for the one process that claims ``sig`` first."""
@@ -155,7 +155,8 @@ class Claims:
 
     def _drop_if_stale(self, sig: str) -> bool:
         """A claim that no longer stands is moved aside, by one process only (a rename):
-        its claimant died on this host before saving a case, or its case has left the
+        its claimant died on this host before saving a case, or, on any host, claimed it
+        more than :data:`CLAIM_HOURS` ago without saving one; or its case has left the
         corpus or is marked fixed (the bug, found again, is news)."""
         path = self._path(sig)
         data = self.read(sig)
@@ -202,6 +203,12 @@ def _mtime(path: Path) -> float:
         return math.inf
 
 
+CLAIM_HOURS = 2.0
+"""A claim not settled with a case within this long is stale, whichever host made it: the
+structured shrink stops after 300 s, Hypothesis's own within minutes on a GPU; a claimant
+on another host may have died, which no process here can see."""
+
+
 def _stale(data: dict) -> bool:
     case = data.get("case")
     if case:
@@ -209,6 +216,9 @@ def _stale(data: dict) -> bool:
             return json.loads(Path(case).read_text()).get("status") == "fixed"
         except (OSError, ValueError, AttributeError):
             return True
+    claimed = data.get("t")
+    if isinstance(claimed, (int, float)) and time.time() - claimed > CLAIM_HOURS * 3600:
+        return True
     if data.get("host") != socket.gethostname() or not isinstance(data.get("pid"), int):
         return False
     try:

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from esmfuzz.soak import SoakError, parse_duration, run_soak
+from esmfuzz.soak import (
+    SoakError,
+    failing,
+    known_again,
+    not_run,
+    parse_duration,
+    pytest_arguments,
+    run_soak,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -164,6 +172,104 @@ def test_report_of_a_real_soak(clean_soak):
     assert "error_ratio[short]" in html and "<svg" in html
 
 
+# --- the command line, the targets, the verdict -----------------------------------------
+
+
+def test_option_values_are_joined_so_no_path_becomes_a_test_path(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    args = ["--esm-corpus", str(corpus), "-k", "error_ratio", "-x", "--esm-no-mask",
+            "--esm-threshold", "token_cosine=0.5", "fuzz/"]
+    assert pytest_arguments(args) == [f"--esm-corpus={corpus}", "-kerror_ratio", "-x",
+                                      "--esm-no-mask", "--esm-threshold=token_cosine=0.5",
+                                      "fuzz/"]
+
+
+def test_an_existing_corpus_folder_runs_only_the_fuzz_targets(tmp_path, env):
+    """Before, ``--esm-corpus DIR`` with DIR existing made pytest take DIR for a test path
+    and drop ``fuzz/``: the whole test suite ran."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "pyproject.toml").write_text('[tool.esmfuzz]\ncorpus = "corpus"\n')
+    command = [sys.executable, "-m", "esmfuzz.cli", "soak", "--duration", "3s", "--run-dir",
+               str(tmp_path / "run"), "--", "-k", "error_ratio and short", "--rootdir",
+               str(REPO), "--esm-device", "cpu", "--esm-corpus", str(tmp_path / "corpus"),
+               "--esm-pack-tokens", "1027"]
+    out = finish(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+    assert "esmfuzz soak: 1 targets" in out, out
+
+
+def test_a_collection_of_other_tests_is_refused(tmp_path, env, monkeypatch):
+    monkeypatch.chdir(REPO)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SoakError, match="not esmfuzz fuzz targets"):
+        run_soak(duration="5s", run_dir=str(tmp_path / "run"),
+                 pytest_args=[str(REPO / "tests" / "test_packing.py"), "--esm-device", "cpu"])
+
+
+def _stats(failures=(), again=None, targets=("error_ratio[short]", "precision[short]"),
+           ran=("error_ratio[short]",)):
+    proc = {"targets": {name: {"examples": 5} for name in ran}, "failures": list(failures),
+            "seen_again": again or {}}
+    return {"targets": list(targets)}, [proc]
+
+
+def test_a_known_bug_failing_again_is_a_failure_of_the_run():
+    run, processes = _stats(again={"error_ratio: leak": {"case": "corpus/x.json",
+                                                          "targets": ["error_ratio[short]"],
+                                                          "count": 7}})
+    assert failing(processes) and known_again(processes)["error_ratio: leak"]["count"] == 7
+    assert not failing(_stats()[1])
+    assert not_run(run, processes) == ["precision[short]"]
+
+
+def test_the_report_of_a_run_that_met_a_known_bug_does_not_say_no_failures(tmp_path):
+    from esmfuzz.report import render_report
+
+    run, processes = _stats(again={"error_ratio: leak": {"case": "corpus/x.json",
+                                                          "targets": ["error_ratio[short]"],
+                                                          "count": 7}})
+    run.update({"run_dir": str(tmp_path), "state": "finished", "elapsed": 60.0,
+                "duration": 60.0})
+    html = render_report({"schema": 1, "run": run, "processes": processes}, run_dir=tmp_path)
+    assert "No failures" not in html and "still failing: 1 known bug" in html
+    assert "1 of 2 targets did not run: precision[short]" in html
+
+
+def test_sigkill_of_the_soak_leaves_no_pytest_behind(tmp_path, env):
+    process = soak(tmp_path, env, "--run-dir", str(tmp_path / "run"), duration="5m",
+                   select="error_ratio and short")
+    marker = str(tmp_path / "run" / "logs")
+    deadline = time.monotonic() + 120
+    children: list[int] = []
+    while time.monotonic() < deadline and not children:
+        time.sleep(0.5)
+        children = _processes_with(marker)
+    assert children, finish(process, timeout=1)
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _processes_with(marker):
+        time.sleep(0.5)
+    assert not _processes_with(marker)
+
+
+def _processes_with(text: str) -> list[int]:
+    """The processes whose command line holds ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in command and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
 # --- a faulty implementation: saved while running; SIGTERM ----------------------------
 
 
@@ -197,8 +303,10 @@ def test_faulty_soak_saves_the_shrunk_case_while_running(stopped_soak):
 
 
 def test_sigterm_stops_cleanly_and_loses_nothing(stopped_soak):
+    """Stopped, it ends within the grace, keeps what it found, and its exit status says it
+    found a bug."""
     root, out, _, _, code, took = stopped_soak
-    assert code == 0, out
+    assert code == 1, out
     assert took < 60, out
     assert "esmfuzz soak stopped after" in out
     stats = statistics(root / "run")
@@ -217,6 +325,7 @@ def test_resume_continues_a_stopped_run(stopped_soak, env):
     root, *_ = stopped_soak
     before = json.loads((root / "run" / "run.json").read_text())
     before_cases = cases(root)
+    stopped_log = (root / "run" / f"pytest-round-{before['rounds']}.log").read_text()
     out = finish(subprocess.Popen(
         [sys.executable, "-m", "esmfuzz.cli", "soak", "--resume", str(root / "run"),
          "--duration", "8s"],
@@ -225,6 +334,8 @@ def test_resume_continues_a_stopped_run(stopped_soak, env):
     assert after["state"] == "finished", out
     assert after["rounds"] > before["rounds"] and after["elapsed"] >= before["elapsed"] + 8
     assert after["pytest_args"] == before["pytest_args"]
+    # The stopped round's statistics and log stay; the resumed run takes a new round number.
+    assert (root / "run" / f"pytest-round-{before['rounds']}.log").read_text() == stopped_log
     # The known bug is not saved again; the leak's second symptom (a <mask> after the
     # first sequence changes the embedding too) may be, under its own signature.
     claims = [json.loads(c.read_text()) for c in (root / "corpus" / ".claims").glob("*.json")]

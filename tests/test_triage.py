@@ -120,3 +120,21 @@ def test_a_folded_signature_counts_on_the_failure_it_was_folded_into():
     known.fold("finite: exception", "finite[long]")
     assert known.also == ["finite: exception"] and known.seen_again == 2
     assert known.targets == ["finite[short]", "finite[long]"]
+
+
+def test_an_unsettled_claim_of_another_host_expires_after_a_while(tmp_path):
+    """A claimant on another host may have died: no process here can tell, so its claim
+    expires after CLAIM_HOURS; a fresh one stands."""
+    from esmfuzz import triage
+
+    claims = Claims(tmp_path)
+    sig = "error_ratio: error_ratio in the packed output, failing layers 1,3,6"
+    path = claims._path(sig)
+    path.write_text(json.dumps({"signature": sig, "namespace": "", "pid": 1,
+                                "host": "another-host", "t": 0.0}))
+    assert not claims.claimed(sig) and claims.claim(sig)
+    fresh = json.loads(path.read_text())
+    assert fresh["t"] > 0 and claims.claimed(sig)
+    path.write_text(json.dumps({**fresh, "host": "another-host",
+                                "t": fresh["t"] - 0.5 * triage.CLAIM_HOURS * 3600}))
+    assert claims.claimed(sig)
