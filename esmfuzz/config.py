@@ -315,8 +315,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("thresholds", "override one threshold, e.g. token_cosine=0.9 (repeatable)",
            parse_thresholds, metavar="NAME=VALUE", flag="threshold", action="append"),
     Option("profile", "Hypothesis profile: quick (3 examples per target, minutes on a laptop "
-           "CPU), ci (6, fixed seed), dev (40), soak (runs of 100 until the slice ends) (default: ci when $CI is set, "
-           "else quick)", _choice(PROFILES), run_only=True),
+           "CPU), ci (6, fixed seed), dev (40), soak (runs of 100 until the slice ends) "
+           "(default: ci when $CI is set, else quick)", _choice(PROFILES), run_only=True),
     Option("seed", "fuzz with seed N (mixed with each test's id) instead of the profile's; the "
            "ci profile is otherwise fixed", parse_int, run_only=True, metavar="N"),
     Option("report", "write the per-property statistics of this run as JSON to PATH",
