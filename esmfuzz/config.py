@@ -49,12 +49,6 @@ LOADINGS = ("auto", "together", "sequential")
 PATHS = ("auto", "both", "candidate")
 RESIDUES = ("all", "standard")
 PROFILES = ("quick", "ci", "dev", "soak")
-SOAK_EXAMPLES = 100
-"""Examples per Hypothesis run under the soak profile; a soak target runs one after another
-until its slice is over (:func:`esmfuzz.session.fuzz`). Hypothesis starts every run with up
-to ``max_examples // 10`` (at most 50) minimal examples: with an unbounded run that was 50
-single-residue layouts per target per round, most of a CPU slice; with 100 it is 10, and the
-example database carries what a run found into the next."""
 
 
 class ConfigError(EsmfuzzError, ValueError):
@@ -315,7 +309,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("thresholds", "override one threshold, e.g. token_cosine=0.9 (repeatable)",
            parse_thresholds, metavar="NAME=VALUE", flag="threshold", action="append"),
     Option("profile", "Hypothesis profile: quick (3 examples per target, minutes on a laptop "
-           "CPU), ci (6, fixed seed), dev (40), soak (runs of 100 until the slice ends) "
+           "CPU), ci (6, fixed seed), dev (40), soak (unbounded) "
            "(default: ci when $CI is set, else quick)", _choice(PROFILES), run_only=True),
     Option("seed", "fuzz with seed N (mixed with each test's id) instead of the profile's; the "
            "ci profile is otherwise fixed", parse_int, run_only=True, metavar="N"),
@@ -479,7 +473,7 @@ def hypothesis_settings(profile: str, *, database: str | None = None):
         "quick": {"max_examples": 3},
         "ci": {"max_examples": 6, "derandomize": True, "database": None},
         "dev": {"max_examples": 40},
-        "soak": {"max_examples": SOAK_EXAMPLES,
+        "soak": {"max_examples": 10**9,
                  "database": DirectoryBasedExampleDatabase(".hypothesis/examples")},
     }[profile]
     if database:

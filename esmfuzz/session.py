@@ -537,9 +537,7 @@ def fuzz(session: Session, prop: str, stratum: str, *, chosen_seed: int | None =
     Corpus cases of the property run first, in the target of their length stratum:
     ``fixed`` ones as explicit examples (a regression fails the target), open ones that
     apply to this set-up as known bugs (:func:`replay_open_case`); the strategy's examples
-    follow under the session's profile (under ``soak``, Hypothesis runs of
-    :data:`~esmfuzz.config.SOAK_EXAMPLES` examples one after another until the slice is
-    over: full-size examples from the first minute). A failure raises ``AssertionError`` with its
+    follow under the session's profile. A failure raises ``AssertionError`` with its
     message; a crowded failure shrunk by esmfuzz's own passes, or a target that checked no
     example, returns the message to fail with (None: passed).
     ``on_example(ok, known)`` follows each example (progress lines).
@@ -574,11 +572,7 @@ def fuzz(session: Session, prop: str, stratum: str, *, chosen_seed: int | None =
     if session.soak is not None:
         session.soak.begin(name)
     try:
-        while True:
-            test()
-            if session.profile != "soak" or chosen_seed is not None or session.stopping() or (
-                    session.soak is not None and session.soak.over()):
-                break
+        test()
     except SliceOver:
         pass
     except Shrunk as done:

@@ -488,13 +488,15 @@ def _dies_with(parent: int):
     """A ``preexec_fn``: the child gets SIGTERM when the soak process dies, even by SIGKILL
     (Linux's parent-death signal), so no orphan keeps fuzzing and holding the device."""
 
-    def arm() -> None:
-        try:
-            import ctypes
+    import ctypes
 
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
+    try:  # resolved here: the child, between fork and exec, must not import or allocate
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def arm() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before the signal was armed
             os.kill(os.getpid(), signal.SIGTERM)
 
