@@ -121,6 +121,8 @@ class Record:
             if not verdict.ok:
                 row["first_failure"] = row["examples"]
                 row["failed_at"] = time.monotonic()
+                if self.log is not None:
+                    self.log.activity = f"shrinking a failure of {prop}[{stratum}]"
         if self.log is not None and not shrinking:
             self.log.example(f"{prop}[{stratum}]", verdict, known=seen_again,
                                   sequences=sample.sequences, variant=sample.variant)

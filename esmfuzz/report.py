@@ -140,7 +140,7 @@ def render_report(stats: dict, *, run_dir: Path) -> str:
                          "per round of each worker.")),
         _section("Reach into the input space", "reach", reach_chart(processes)),
         _section(f"Failures ({len(failures)})", "failures",
-                 _failure_table(failures, t0, run_dir)),
+                 _failure_table(failures, t0, run_dir, known_again(processes))),
     ]
     title = f"esmfuzz report: {Path(str(run.get('run_dir') or run_dir)).name}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -311,9 +311,18 @@ def _pattern(text: str) -> str:
     return f"<details><summary>{escape(text[:60])}…</summary>{escape(text)}</details>"
 
 
-def _failure_table(failures: list[dict], t0: float, run_dir: Path) -> str:
+def _failure_table(failures: list[dict], t0: float, run_dir: Path,
+                   again: dict[str, dict]) -> str:
+    if again:
+        rows = [f"<li>{escape(sig)}: {item['count']} example(s) in "
+                f"{escape(', '.join(item['targets']))}; case {escape(item['case'] or '-')}</li>"
+                for sig, item in sorted(again.items())]
+        still = (f'<div class="empty">Still failing, known bugs seen again:<ul>{"".join(rows)}'
+                 f'</ul></div>')
+    else:
+        still = ""
     if not failures:
-        return '<div class="empty ok">✓ No failures saved in this run.</div>'
+        return still or '<div class="empty ok">✓ No failures saved in this run.</div>'
     head = ("Time", "Target", "Signature", "Layer pattern", "Status", "Case")
     rows = []
     for f in failures:
@@ -326,7 +335,7 @@ def _failure_table(failures: list[dict], t0: float, run_dir: Path) -> str:
             f"<td class='mono small'>{_pattern(str(f.get('pattern') or '–'))}</td>"
             f"<td><span class='chip close'>{escape(str(f.get('status') or '–'))}</span></td>"
             f"<td>{_case_link(str(f.get('case') or ''), run_dir)}</td></tr>")
-    return _table(head, rows, widths=(12, 17, 29, 15, 7, 20))
+    return _table(head, rows, widths=(12, 17, 29, 15, 7, 20)) + still
 
 
 _CSS = """

@@ -63,6 +63,8 @@ class RunLog:
         """Known bugs (saved by another process, or open in the corpus) this process failed
         on again, by signature: ``{"case", "targets", "count"}``."""
         self.skipped: dict[str, int] = {}
+        self.activity = ""
+        """What the process is busy with beyond fuzzing (``shrinking a failure of ...``)."""
         """Examples not checked, by why esmfuzz's own computation failed."""
         self._random = random.Random(0)
         self._lock = threading.RLock()
@@ -218,6 +220,7 @@ class RunLog:
             "failures": self.failures,
             "seen_again": self.seen_again,
             "skipped": self.skipped,
+            "activity": self.activity,
         }
 
     def write(self) -> None:

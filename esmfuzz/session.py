@@ -119,6 +119,8 @@ def save_failure(harness: Harness, prop: str, sample: Sample, verdict: Verdict,
     failure to save is said, never raised: it must not replace the finding."""
     sig = signature(verdict, harness.layers)
     case = ""
+    if session.log is not None:
+        session.log.activity = ""
     try:
         path, created = save_case(harness.case(prop, sample, verdict), harness.config.corpus)
     except (OSError, CorpusError) as exc:

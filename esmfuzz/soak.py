@@ -364,7 +364,9 @@ class _Runner:
                     f"and what was found is saved (SIGKILL after {_GRACE:g} s)")
         if not any(t["examples"] for t in totals(processes).values()):
             return "loading: pytest is starting and loading the model pair"
-        return f"fuzzing: round {self.run.rounds}"
+        busy = [p["activity"] for p in processes
+                if p.get("activity") and p.get("round") == self.run.rounds]
+        return f"fuzzing: round {self.run.rounds}" + "".join(f"; {b}" for b in busy)
 
     def _say(self, text: str) -> None:
         if self.live is not None:

@@ -253,6 +253,14 @@ def test_sigkill_of_the_soak_leaves_no_pytest_behind(tmp_path, env):
     while time.monotonic() < deadline and _processes_with(marker):
         time.sleep(0.5)
     assert not _processes_with(marker)
+    # Killed mid-round, its round number was never closed: a resume takes the next one.
+    round_log = (tmp_path / "run" / "pytest-round-0.log").read_text()
+    out = finish(subprocess.Popen(
+        [sys.executable, "-m", "esmfuzz.cli", "soak", "--resume", str(tmp_path / "run"),
+         "--duration", "3s"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    assert (tmp_path / "run" / "pytest-round-0.log").read_text() == round_log, out
+    assert (tmp_path / "run" / "pytest-round-1.log").exists(), out
 
 
 def _processes_with(text: str) -> list[int]:
@@ -325,7 +333,8 @@ def test_resume_continues_a_stopped_run(stopped_soak, env):
     root, *_ = stopped_soak
     before = json.loads((root / "run" / "run.json").read_text())
     before_cases = cases(root)
-    stopped_log = (root / "run" / f"pytest-round-{before['rounds']}.log").read_text()
+    stopped = root / "run" / f"pytest-round-{before['rounds'] - 1}.log"
+    stopped_log = stopped.read_text()
     out = finish(subprocess.Popen(
         [sys.executable, "-m", "esmfuzz.cli", "soak", "--resume", str(root / "run"),
          "--duration", "8s"],
@@ -335,7 +344,7 @@ def test_resume_continues_a_stopped_run(stopped_soak, env):
     assert after["rounds"] > before["rounds"] and after["elapsed"] >= before["elapsed"] + 8
     assert after["pytest_args"] == before["pytest_args"]
     # The stopped round's statistics and log stay; the resumed run takes a new round number.
-    assert (root / "run" / f"pytest-round-{before['rounds']}.log").read_text() == stopped_log
+    assert stopped.read_text() == stopped_log
     # The known bug is not saved again; the leak's second symptom (a <mask> after the
     # first sequence changes the embedding too) may be, under its own signature.
     claims = [json.loads(c.read_text()) for c in (root / "corpus" / ".claims").glob("*.json")]
