@@ -99,6 +99,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _start(config: pytest.Config) -> Session:
     """The process's fuzz session: ``[tool.esmfuzz]`` overridden by ``--esm-*``, checked
     up front, so a bad option is one usage error before any model loads."""
+    from esmfuzz.config import hypothesis_settings
     from esmfuzz.session import Session, Soak
 
     given = _given(config)
@@ -107,12 +108,13 @@ def _start(config: pytest.Config) -> Session:
                                                "soak-slice", "soak-log") if name in given}
     try:
         run = {name: _parsed(name, value) for name, value in run.items()}
-        settings_check(profile, run.get("database"))
+        settings = hypothesis_settings(profile, database=run.get("database"))
         esm_config = _configured(config, given, profile, run.get("report"))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     session = Session(esm_config, profile)
     session.run_options = run
+    session.settings = settings
     claims = getattr(config, "workerinput", {}).get("esmfuzz_claims") or run.get("claims")
     if claims:
         session.share_claims(claims)
@@ -129,13 +131,6 @@ def _parsed(name: str, value: object) -> object:
     from esmfuzz.config import OPTION
 
     return OPTION[name].parse(value, f"--esm-{name}")
-
-
-def settings_check(profile: str, database: str | None) -> None:
-    """The profile and database resolve (a Redis URL is reached) before anything runs."""
-    from esmfuzz.config import hypothesis_settings
-
-    hypothesis_settings(profile, database=database)
 
 
 def _configured(config: pytest.Config, given: dict, profile: str, report: str | None) -> Config:
@@ -229,7 +224,6 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
         progress = _Progress(request.config, f"{prop}[{stratum}]")
         try:
             failed = fuzz(session, prop, stratum, chosen_seed=session.run_options.get("seed"),
-                          database=session.run_options.get("database"),
                           on_example=progress.example)
         finally:
             progress.end()

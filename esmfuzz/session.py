@@ -21,7 +21,7 @@ from hypothesis import event, seed, target
 from hypothesis.control import current_build_context
 
 from esmfuzz.alphabet import residue_count
-from esmfuzz.config import Config, dtype_name
+from esmfuzz.config import Config, dtype_name, hypothesis_settings
 from esmfuzz.corpus import Case, CorpusError, load_case, load_corpus, save_case
 from esmfuzz.errors import HarnessError
 from esmfuzz.harness import Harness, harness_error, harness_for
@@ -52,6 +52,9 @@ class Session(Record):
         """Signatures this process claimed: it shrinks and saves them."""
         self.run_options: dict[str, object] = {}
         """Options of the run, not of what is tested (``seed``, ``report``, ``database``)."""
+        self.settings = hypothesis_settings(profile)
+        """Hypothesis settings of every target: the profile's, with ``--esm-database``'s
+        database where given (built once: a Redis database is reached when built)."""
         self._corpus: tuple[list[tuple[Path, Case]], list[CorpusError]] | None = None
 
     @property
@@ -532,7 +535,6 @@ def seeded(test, nodeid: str, chosen: int | str | None):
 
 
 def fuzz(session: Session, prop: str, stratum: str, *, chosen_seed: int | None = None,
-         database: str | None = None,
          on_example: Callable[[bool, bool], None] = lambda ok, known: None) -> str | None:
     """Fuzz one target: property ``prop`` of :mod:`esmfuzz.registry` in ``stratum``.
 
@@ -545,8 +547,6 @@ def fuzz(session: Session, prop: str, stratum: str, *, chosen_seed: int | None =
     ``on_example(ok, known)`` follows each example (progress lines).
     """
     from hypothesis import example, given
-
-    from esmfuzz.config import hypothesis_settings
 
     harness = session.harness
     entry = PROPERTIES[prop]
@@ -569,7 +569,7 @@ def fuzz(session: Session, prop: str, stratum: str, *, chosen_seed: int | None =
             test = example(sample=Sample.from_extra(case.sequences, case.extra))(test)
         elif applies(case, harness.config):
             replay_open_case(harness, session, path, case, name)
-    test = hypothesis_settings(session.profile, database=database)(test)
+    test = session.settings(test)
     test = seeded(test, target_id(prop, stratum), chosen_seed)
     if session.soak is not None:
         session.soak.begin(name)
