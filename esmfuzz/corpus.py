@@ -476,6 +476,8 @@ def _normalise(values: dict[str, object], source: str) -> dict[str, object]:
     for key, index in worst.items():
         if key not in _WORST_KEYS:
             raise fail("worst", f"unknown key {key!r}; expected some of {_WORST_KEYS}")
+        if key == "layer" and index == "logits":
+            continue
         if index is not None and (not _is_int(index) or index < 0):
             raise fail(f"worst.{key}", f"expected a non-negative integer or null, got {index!r}")
     if worst.get("sequence") is not None and worst["sequence"] >= len(sequences):

@@ -25,17 +25,22 @@ from esmfuzz.attention import select_backend, varlen_attention
 from esmfuzz.config import DEFAULT_PACKED, DEFAULT_PADDED, ConfigError, parse_implementation
 from esmfuzz.errors import EsmfuzzError
 from esmfuzz.packing import check_packed, pack, pad, position_ids, unpack
+from esmfuzz.properties import LOGITS, layer_order
 
 __all__ = [
     "DEFAULT_PACKED",
     "DEFAULT_PADDED",
+    "LOGITS",
+    "OUTPUTS",
     "ImplementationError",
     "ImplementationFailure",
     "PackedForward",
     "free_memory",
     "is_out_of_memory",
+    "layer_order",
     "load_implementation",
     "oracle_forward",
+    "outputs_of",
     "packed_forward",
     "length_buckets",
     "padded_forward",
@@ -45,6 +50,54 @@ __all__ = [
 
 
 _MASK_RATIO_TRAIN = 0.15 * 0.8
+
+OUTPUTS = ("layers", "last", "logits")
+"""What an implementation may declare it returns (its ``esmfuzz_outputs`` attribute):
+every layer asked for (the default), the final layer only, or the logits only."""
+
+
+def outputs_of(impl) -> str:
+    """What ``impl`` returns: its ``esmfuzz_outputs`` attribute, ``"layers"`` without one."""
+    value = getattr(impl, "esmfuzz_outputs", "layers")
+    if value not in OUTPUTS:
+        raise ImplementationError(
+            f"{implementation_name(impl)}: esmfuzz_outputs={value!r} must be one of "
+            f"{', '.join(map(repr, OUTPUTS))}"
+        )
+    return value
+
+
+def _apply_head(model, x: torch.Tensor) -> torch.Tensor:
+    """fair-esm's masked-LM head on ``x``, in ``x``'s dtype: an implementation that computes
+    in its own precision (a float32 engine under a float16 model) keeps it."""
+    head = model.lm_head
+    if x.dtype != model.embed_tokens.weight.dtype:
+        head = _HEADS.get(model, x.dtype, lambda: _head_copy(head, x.dtype))
+    return head(x)
+
+
+def _head_copy(head, dtype: torch.dtype):
+    import copy
+
+    return copy.deepcopy(head).to(dtype)
+
+
+class _PerModelDtype:
+    """A head copy per (model, dtype), dropped with the model."""
+
+    def __init__(self):
+        import weakref
+
+        self._built = weakref.WeakKeyDictionary()
+
+    def get(self, model, dtype, build):
+        per = self._built.setdefault(model, {})
+        if dtype not in per:
+            per[dtype] = build()
+        return per[dtype]
+
+
+_HEADS = _PerModelDtype()
 
 
 class ImplementationError(EsmfuzzError, RuntimeError):
@@ -389,6 +442,36 @@ def length_buckets(lengths: Sequence[int], *, waste: float = 0.5) -> list[list[i
     return groups
 
 
+def _asked(impl, model, layers) -> tuple[list, list]:
+    """(the sorted outputs wanted, what to ask ``impl`` for): the logits of an implementation
+    that does not return them come from its final layer, through :func:`_apply_head`."""
+    layers = sorted(set(layers), key=layer_order)
+    kind = outputs_of(impl)
+    if kind == "logits":
+        if layers != [LOGITS]:
+            raise ValueError(f"{implementation_name(impl)} returns logits only; asked for "
+                             f"{layers!r}")
+        return layers, layers
+    hidden = [layer for layer in layers if layer != LOGITS]
+    if LOGITS in layers and model.num_layers not in hidden:
+        hidden.append(model.num_layers)
+    if kind == "last" and hidden != [model.num_layers]:
+        raise ValueError(f"{implementation_name(impl)} returns the final layer only; asked "
+                         f"for {layers!r}")
+    return layers, hidden
+
+
+def _collect(out, asked, layers, model, rows: tuple[int, ...], kind: str, impl,
+             device) -> dict:
+    """``impl``'s output checked against the contract, with the logits it did not return."""
+    for layer in asked:
+        width = model.embed_tokens.weight.shape[0] if layer == LOGITS else model.embed_dim
+        _check_output(out, layer, (*rows, width), kind, impl, device)
+    if LOGITS in layers and LOGITS not in asked:
+        out = {**out, LOGITS: _apply_head(model, out[model.num_layers])}
+    return out
+
+
 def run_padded(
     impl: Callable,
     model,
@@ -399,7 +482,8 @@ def run_padded(
     bucketed: bool = False,
     timeout: float | None = None,
 ) -> list[dict[int, torch.Tensor]]:
-    """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` with the padding cut off.
+    """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` with the padding cut off (and
+    ``{"logits": Tensor[L_i + 2, V]}`` where :data:`LOGITS` is asked for).
 
     ``bucketed`` runs :func:`length_buckets` batches instead of one batch of all; each
     call of ``impl`` may take ``timeout`` seconds.
@@ -413,16 +497,14 @@ def run_padded(
             for i, row in zip(group, rows):
                 out[i] = row
         return out
-    layers = sorted(layers)
+    layers, asked = _asked(impl, model, layers)
     device = model.embed_tokens.weight.device
     tokens = pad(sequences, alphabet).to(device)
     with torch.inference_mode():
-        out = _call(impl, "padded", timeout, {"tokens": tokens}, model, tokens, layers)
+        out = _call(impl, "padded", timeout, {"tokens": tokens}, model, tokens, asked)
+        out = _collect(out, asked, layers, model, (len(sequences), tokens.shape[1]), "padded",
+                       impl, device)
     lengths = [int(n) for n in tokens.ne(alphabet.padding_idx).sum(1)]
-    for layer in layers:
-        _check_output(
-            out, layer, (len(sequences), tokens.shape[1], model.embed_dim), "padded", impl, device
-        )
     return [{layer: out[layer][i, :n] for layer in layers} for i, n in enumerate(lengths)]
 
 
@@ -436,22 +518,22 @@ def run_packed(
     timeout: float | None = None,
     **kwargs,
 ) -> list[dict[int, torch.Tensor]]:
-    """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` cut from the packed output."""
-    layers = sorted(layers)
+    """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` cut from the packed output (and
+    ``{"logits": Tensor[L_i + 2, V]}`` where :data:`LOGITS` is asked for)."""
+    layers, asked = _asked(impl, model, layers)
     device = model.embed_tokens.weight.device
     batch = pack(sequences, alphabet, device=device)
     inputs = {"tokens": batch.tokens, "cu_seqlens": batch.cu_seqlens}
     with torch.inference_mode():
         out = _call(impl, "packed", timeout, inputs, model, batch.tokens, batch.cu_seqlens,
-                    batch.max_seqlen, layers, **kwargs)
-    per_layer = {}
-    for layer in layers:
-        _check_output(out, layer, (batch.tokens.numel(), model.embed_dim), "packed", impl, device)
-        per_layer[layer] = unpack(out[layer], batch.cu_seqlens)
+                    batch.max_seqlen, asked, **kwargs)
+        out = _collect(out, asked, layers, model, (batch.tokens.numel(),), "packed", impl,
+                       device)
+    per_layer = {layer: unpack(out[layer], batch.cu_seqlens) for layer in layers}
     return [{layer: per_layer[layer][i] for layer in layers} for i in range(len(sequences))]
 
 
-def _check_output(out, layer: int, shape: tuple[int, ...], kind: str, impl: Callable,
+def _check_output(out, layer: int | str, shape: tuple[int, ...], kind: str, impl: Callable,
                   device: torch.device) -> None:
     name = f"{kind} implementation {implementation_name(impl)}"
     if not isinstance(out, dict):

@@ -35,12 +35,15 @@ from esmfuzz.config import (
 from esmfuzz.corpus import Case, environment
 from esmfuzz.errors import HarnessError
 from esmfuzz.forward import (
+    LOGITS,
     ImplementationFailure,
     PackedForward,
     implementation_name,
     is_out_of_memory,
+    layer_order,
     load_implementation,
     oracle_forward,
+    outputs_of,
     packed_forward,
     padded_forward,
     run_packed,
@@ -314,7 +317,7 @@ class Harness:
                                            tokens=failure.tokens)
                 verdict.notes.insert(0, "ran out of memory again when retried once, after "
                                         "esmfuzz freed its cached memory")
-        verdict.notes.extend(self.refusal_notes())
+        verdict.notes.extend(self.refusal_notes() + self.output_notes())
         return verdict
 
     def _check_once(self, entry, sample: Sample, layers, explain: bool, reuse) -> P.Verdict:
@@ -324,7 +327,8 @@ class Harness:
         try:
             self._outputs = {} if reuse is None else reuse
             try:
-                verdict = entry.run(self, sample, list(layers or self.layers))
+                verdict = entry.run(self, sample, self.checked_layers(entry.calls,
+                                                                      layers or self.layers))
             except ImplementationFailure as failure:
                 if failure.metric == "out_of_memory":
                     raise
@@ -334,10 +338,12 @@ class Harness:
                 raise
             except Exception as exc:
                 raise harness_error("esmfuzz's checks", exc) from exc
-            if not verdict.ok and explain and layers is None and self.layers != self.all_layers:
+            every = self.checked_layers(entry.calls, self.all_layers)
+            if (not verdict.ok and explain and layers is None
+                    and self.checked_layers(entry.calls, self.layers) != every):
                 self._outputs = {}  # the re-run calls the implementation afresh
                 try:
-                    explained = entry.run(self, sample, self.all_layers)
+                    explained = entry.run(self, sample, every)
                 except HarnessError as failure:
                     verdict.notes.append(f"not explained on every layer: {failure}")
                     return verdict
@@ -404,11 +410,33 @@ class Harness:
                          threshold=k, margin=1.0,
                          notes=[f"{len(repeat.verdicts)} identical calls gave identical outputs"])
 
-    def with_logits(self, model, outputs: list[dict]) -> list[dict]:
-        last = model.num_layers
-        self.pair.ready(model)
-        with torch.inference_mode():
-            return [{**out, "logits": model.lm_head(out[last])} for out in outputs]
+    def returns(self, kind: str) -> str:
+        """What the ``packed``/``padded`` implementation returns (:data:`OUTPUTS`)."""
+        return outputs_of(self._packed if kind == "packed" else self._padded)
+
+    def checked_layers(self, calls: Sequence[str], layers: Sequence) -> list:
+        """Of ``layers``, those every implementation in ``calls`` can be judged on.
+
+        An implementation that returns the final layer only is judged there and on its
+        logits (esmfuzz applies the model's head), one that returns logits only on them;
+        where none of ``layers`` is left, on the closest output it has.
+        """
+        last = self.pair.num_layers
+        kinds = {self.returns(kind) for kind in calls}
+        if "logits" in kinds:
+            return [LOGITS]
+        if "last" in kinds:
+            kept = [layer for layer in layers if layer in (last, LOGITS)]
+            return kept or [last]
+        return sorted(set(layers), key=layer_order)
+
+    def output_notes(self) -> list[str]:
+        """What the implementations under test that do not return every layer are judged on."""
+        what = {"last": "the final layer only: its targets check that layer and the logits",
+                "logits": "logits only: its targets check the logits, no hidden layer"}
+        return [f"the {kind} implementation {_name(impl)} returns {what[outputs_of(impl)]}"
+                for kind, impl in (("packed", self._packed), ("padded", self._padded))
+                if outputs_of(impl) != "layers"]
 
     def _chosen(self) -> dict[str, tuple[str, str]]:
         """Per kind, (the implementation's name, esmfuzz's default)."""

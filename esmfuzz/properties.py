@@ -18,6 +18,7 @@ from esmfuzz.config import Thresholds
 
 __all__ = [
     "FAILURE_KINDS",
+    "LOGITS",
     "NONDETERMINISTIC",
     "Sample",
     "Thresholds",
@@ -25,6 +26,7 @@ __all__ = [
     "context",
     "error_ratio",
     "finite",
+    "layer_order",
     "precision",
     "spread",
     "statistics",
@@ -36,6 +38,16 @@ NONDETERMINISTIC = "nondeterministic"
 """Metric of :func:`spread`: identical calls of one implementation disagree."""
 
 Outputs = Sequence[Mapping[int, torch.Tensor]]
+
+LOGITS = "logits"
+"""The masked-LM logits, checked like one more layer after the last: an implementation that
+returns logits only (``esmfuzz_outputs = "logits"``) is judged on them, and esmfuzz computes
+them for every other forward with the model's own head."""
+
+
+def layer_order(layer) -> tuple[int, int]:
+    """Sort key of the checked outputs: layers by number (``"3"`` as 3), then the logits."""
+    return (1, 0) if layer == LOGITS else (0, int(layer))
 
 
 @dataclass(frozen=True)
@@ -149,17 +161,19 @@ class Verdict:
         """``layer metric=value`` for each layer, worst check first."""
         return ", ".join(
             f"{k} {metric}={value:.3g}{'' if margin >= 0 else ' FAIL'}"
-            for k, (margin, metric, value) in sorted(self.layers.items(), key=lambda x: int(x[0]))
+            for k, (margin, metric, value) in sorted(self.layers.items(),
+                                                     key=lambda x: layer_order(x[0]))
         )
 
-    def failing_layers(self) -> list[int]:
-        return sorted(int(k) for k, (margin, *_) in self.layers.items() if not margin >= 0)
+    def failing_layers(self) -> list[int | str]:
+        return sorted((_layer(k) for k, (margin, *_) in self.layers.items() if not margin >= 0),
+                      key=layer_order)
 
     def layer_pattern(self) -> str:
         """Which layers fail, compactly: the pattern tells bugs apart (every layer but the
         last: layer indexing off by one; from layer 1 on: a leak; every layer by one
         factor: a missing rescale)."""
-        checked = sorted(int(k) for k in self.layers)
+        checked = sorted((_layer(k) for k in self.layers), key=layer_order)
         bad = self.failing_layers()
         if not bad:
             return "no layer fails" if checked else ""
@@ -205,6 +219,11 @@ class Verdict:
             lines.append(f"  ... and {len(self.violations) - 8} more")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _layer(key) -> int | str:
+    """A layer key as checked: a number (JSON keeps it as text), or :data:`LOGITS`."""
+    return key if key == LOGITS else int(key)
 
 
 class _Checks:
@@ -260,7 +279,8 @@ class _Checks:
             v.violations.append(
                 f"{label}{metric}={value:.6g} (needs {rel} {threshold:g}) at {place}{why}"
             )
-            if layer is not None and (v.first_layer is None or layer < v.first_layer):
+            if layer is not None and (v.first_layer is None
+                                      or layer_order(layer) < layer_order(v.first_layer)):
                 v.first_layer = layer
 
     def done(self) -> Verdict:
@@ -273,7 +293,7 @@ def precision(
     """Residue-mean cosine and per-token minimum cosine of every sequence and layer."""
     checks = _Checks(name)
     for s, (cand, ref) in enumerate(zip(candidate, reference, strict=True)):
-        for layer in sorted(ref):
+        for layer in sorted(ref, key=layer_order):
             checks.check(
                 "sequence_cosine",
                 metrics.sequence_cosine(cand[layer], ref[layer]),
@@ -369,7 +389,7 @@ def error_ratio(
     """
     checks = _Checks("error_ratio")
     k = thresholds.error_ratio
-    layers = sorted(oracle[0]) if oracle else []
+    layers = sorted(oracle[0], key=layer_order) if oracle else []
     lengths = [out[layers[0]].shape[0] for out in oracle] if layers else []
     exact = {layer: _stream(oracle, layer) for layer in layers}
     weights = {layer: metrics.outlier_weights(ref) for layer, ref in exact.items()}
@@ -415,7 +435,7 @@ def finite(candidates: Mapping[str, Outputs], reference: Outputs) -> Verdict:
         (label, s, layer, ~torch.isfinite(cand[layer]) & torch.isfinite(ref[layer]))
         for label, outputs in candidates.items()
         for s, (cand, ref) in enumerate(zip(outputs, reference, strict=True))
-        for layer in sorted(ref, key=str)
+        for layer in sorted(ref, key=layer_order)
     ]
     # One read-back for every sequence and layer: hundreds of sequences fill a crowded pack.
     counts = torch.stack([bad.sum() for *_, bad in found]).tolist() if found else []
@@ -425,10 +445,10 @@ def finite(candidates: Mapping[str, Outputs], reference: Outputs) -> Verdict:
             float(count),
             0.0,
             at_least=False,
-            layer=layer if isinstance(layer, int) else None,
+            layer=layer,
             sequence=s,
             token=int(bad.any(-1).nonzero()[0, 0]) if count else None,
-            label=f"{label} {layer}: " if not isinstance(layer, int) else f"{label}: ",
+            label=f"{label}: ",
         )
     return checks.done()
 
@@ -515,7 +535,7 @@ def context(
                 [sequence],
             )
             for label, (first, second, baselines, dtype) in paths.items()
-            for layer in sorted(oracle)
+            for layer in sorted(oracle, key=layer_order)
         ),
     )
     checks.verdict.notes.append(
@@ -545,7 +565,7 @@ def spread(
     checks = _Checks(name)
     items = []
     for label, calls, baselines, oracle, dtype in paths:
-        layers = sorted(oracle[0]) if oracle else []
+        layers = sorted(oracle[0], key=layer_order) if oracle else []
         lengths = [out[layers[0]].shape[0] for out in oracle] if layers else []
         atol = 2 * thresholds.ulp_floor * torch.finfo(dtype).eps
         for layer in layers:

@@ -16,6 +16,7 @@ from esmfuzz import properties as P
 from esmfuzz.alphabet import MAX_RESIDUES
 from esmfuzz.config import dtype_name
 from esmfuzz.edges import Scope
+from esmfuzz.forward import LOGITS
 from esmfuzz.properties import Sample, Verdict
 
 __all__ = ["PROPERTIES", "STRATA", "Metric", "Property", "get", "metric", "scope", "targets"]
@@ -124,13 +125,13 @@ def _error_ratio(harness, sample: Sample, layers) -> Verdict:
 
 def _finite(harness, sample: Sample, layers) -> Verdict:
     pair, seqs = harness.pair, sample.sequences
-    layers = sorted(set(layers) | {pair.num_layers})
+    layers = harness.checked_layers(("packed", "padded"),
+                                    [*layers, pair.num_layers, LOGITS])
     candidates = {
-        "packed": harness.with_logits(pair.candidate, harness.packed(pair.candidate, seqs, layers)),
-        "padded": harness.with_logits(pair.candidate, harness.padded(pair.candidate, seqs, layers)),
+        "packed": harness.packed(pair.candidate, seqs, layers),
+        "padded": harness.padded(pair.candidate, seqs, layers),
     }
-    reference = harness.with_logits(pair.reference, harness.baseline(pair.reference, seqs, layers))
-    return P.finite(candidates, reference)
+    return P.finite(candidates, harness.baseline(pair.reference, seqs, layers))
 
 
 def _statistics(harness, sample: Sample, layers) -> Verdict:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esmfuzz.properties import FAILURE_KINDS, NONDETERMINISTIC, Verdict
+from esmfuzz.properties import FAILURE_KINDS, LOGITS, NONDETERMINISTIC, Verdict
 from esmfuzz.registry import PROPERTIES
 
 __all__ = ["Claims", "Known", "signature", "size_class"]
@@ -72,7 +72,7 @@ def signature(verdict: Verdict, checked: Sequence[int]) -> str:
     text = f"{verdict.property}: {kind}" + (f" in the {where} output" if where else "")
     if coarse:
         return text
-    wanted = set(checked)
+    wanted = {*checked, LOGITS}
     failing = [layer for layer in verdict.failing_layers() if layer in wanted]
     return text + (f", failing layers {','.join(map(str, failing))}" if failing else "")
 
