@@ -100,7 +100,8 @@ class Session(Record):
                 f"model {pair.spec.text} on {pair.device}; candidate {dtype_name(pair.dtype)}, "
                 f"backend {harness.backend}; {pair.oracle_note}; profile {self.profile}"
             )
-            self.notes += [n for n in harness.refusal_notes() if n not in self.notes]
+            self.notes += [n for n in harness.refusal_notes() + harness.output_notes()
+                           if n not in self.notes]
         except Exception as exc:  # the summary must never hide the test results
             self.header = f"(model pair unavailable: {exc})"
 
