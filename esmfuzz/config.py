@@ -47,6 +47,7 @@ DEFAULT_PACKED = "esmfuzz.forward:packed_forward"
 DEFAULT_PADDED = "esmfuzz.forward:padded_forward"
 LOADINGS = ("auto", "together", "sequential")
 PATHS = ("auto", "both", "candidate")
+COMPARES = ("auto", "dtype", "quantized")
 RESIDUES = ("all", "standard")
 PROFILES = ("quick", "ci", "dev", "soak")
 
@@ -107,6 +108,19 @@ class Thresholds:
     statistics_ratio: float = 3.0
     """A statistic also passes within this factor of fair-esm's own padded value in the
     candidate dtype (bfloat16 alone moves 650M embeddings past mean_abs_diff 0.01)."""
+    embedding_cosine: float = 0.99
+    """--esm-compare quantized: least cosine of a residue-mean final embedding to float32's."""
+    logit_drift: float = 2.0
+    """--esm-compare quantized: most a logit of an amino acid at a masked position may move."""
+    log_prob_drift: float = 1.0
+    """--esm-compare quantized: most an amino acid's log-probability at a masked position may
+    move (in nats: 1 is a factor e in the probability)."""
+    rank_agreement: float = 0.9
+    """--esm-compare quantized: least Spearman correlation of the 20 amino acids'
+    log-probabilities (the masked-marginal mutation scores) at any masked position."""
+    context_drift: float = 0.1
+    """--esm-compare quantized: most a log-probability at a masked position may move when the
+    sequence's pack neighbours change (a batch-invariant engine moves it by 0)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -306,6 +320,11 @@ OPTIONS: tuple[Option, ...] = (
            _seconds("seconds")),
     Option("paths", "dtype paths the implementations are checked on: auto, both (candidate "
            "dtype and float32) or candidate (FP16/BF16-only kernels)", _choice(PATHS)),
+    Option("compare", "how implementations are judged: dtype (against same-dtype baselines "
+           "and the float64 oracle: FP16/BF16/FP32 code), quantized (against float32 in user "
+           "units: embedding cosine, logit and log-probability drift and mutation-score ranks "
+           "at masked positions, batch-composition invariance), or auto (quantized where an "
+           "implementation under test declares an integer esmfuzz_precision)", _choice(COMPARES)),
     Option("thresholds", "override one threshold, e.g. token_cosine=0.9 (repeatable)",
            parse_thresholds, metavar="NAME=VALUE", flag="threshold", action="append"),
     Option("profile", "Hypothesis profile: quick (3 examples per target, minutes on a laptop "
@@ -363,6 +382,8 @@ class Config:
     paths: str = "auto"
     """``both`` (candidate dtype and FP32), ``candidate`` (FP16/BF16-only kernels), or
     ``auto`` (both, dropping FP32 with a note where the implementation refuses it)."""
+    compare: str = "auto"
+    """``dtype``, ``quantized``, or ``auto`` (:meth:`esmfuzz.harness.Harness.compare`)."""
     masks: bool = True
     residues: str = "all"
     shrink_seconds: float = 0.0

@@ -174,7 +174,7 @@ class Harness:
         if isinstance(impl, PackedForward):
             kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
         return self._memo(
-            ("packed", impl, id(model), tuple(sequences), tuple(sorted(layers))), model,
+            ("packed", impl, id(model), tuple(sequences), tuple(sorted(layers, key=layer_order))), model,
             self._owned(impl, role, lambda: run_packed(impl, model, self.pair.alphabet,
                                                        sequences, layers, **kwargs)),
         )
@@ -182,7 +182,7 @@ class Harness:
     def _run_padded(self, impl, model, sequences: Sequence[str], layers, *, bucketed: bool,
                     role: str = "fair-esm's padded forward"):
         return self._memo(
-            ("padded", impl, id(model), tuple(sequences), tuple(sorted(layers)), bucketed),
+            ("padded", impl, id(model), tuple(sequences), tuple(sorted(layers, key=layer_order)), bucketed),
             model,
             self._owned(impl, role, lambda: run_padded(
                 impl, model, self.pair.alphabet, sequences, layers, bucketed=bucketed,
@@ -237,13 +237,49 @@ class Harness:
         """esmfuzz's packed reference (FP32 rotary, varlen attention), a trusted baseline."""
         return self._run_packed(packed_forward, model, sequences, layers)
 
+    @functools.cached_property
+    def compare(self) -> str:
+        """``dtype`` or ``quantized`` (``--esm-compare``; ``auto``: quantized where an
+        implementation under test declares an integer ``esmfuzz_precision``)."""
+        if self.config.compare != "auto":
+            return self.config.compare
+        declared = {self.precision(kind) for kind in self.under_test_kinds()}
+        return "quantized" if declared - set(_FLOATS) else "dtype"
+
+    def precision(self, kind: str) -> str:
+        """What the ``packed``/``padded`` implementation computes in: its
+        ``esmfuzz_precision`` (an engine with its own: ``float32``, ``int8``), else the
+        candidate dtype."""
+        impl = self._packed if kind == "packed" else self._padded
+        return str(getattr(impl, "esmfuzz_precision", dtype_name(self.pair.dtype)))
+
+    def judges(self, prop: str) -> str | None:
+        """None where ``prop`` judges in this run's compare mode, else why its targets skip."""
+        modes = registry.get(prop).modes
+        if self.compare in modes:
+            return None
+        return (f"{prop} judges in --esm-compare {' or '.join(modes)}; this run compares "
+                f"{self.compare}" + (" (an implementation under test declares "
+                                     f"esmfuzz_precision {self._integer()})"
+                                     if self.compare == "quantized"
+                                     and self.config.compare == "auto" else ""))
+
+    def _integer(self) -> str:
+        return ", ".join(sorted({self.precision(k) for k in self.under_test_kinds()}
+                                - set(_FLOATS)))
+
     def path_models(self, kind: str) -> list:
         """The models whose dtype paths the implementation ``kind`` is checked on.
 
-        The candidate always; the FP32 reference too unless ``paths = "candidate"``, the
-        implementation refused it, or the oracle itself is the FP32 reference.
+        Comparing quantized, or for an engine that declares a float precision of its own
+        (``esmfuzz_precision``), the FP32 reference only. Else the candidate always; the
+        FP32 reference too unless ``paths = "candidate"``, the implementation refused it,
+        or the oracle itself is the FP32 reference.
         """
         pair = self.pair
+        impl = self._packed if kind == "packed" else self._padded
+        if self.compare == "quantized" or hasattr(impl, "esmfuzz_precision"):
+            return [pair.reference]
         models = [pair.candidate]
         if (
             self.config.paths != "candidate"
@@ -431,12 +467,24 @@ class Harness:
         return sorted(set(layers), key=layer_order)
 
     def output_notes(self) -> list[str]:
-        """What the implementations under test that do not return every layer are judged on."""
+        """What the implementations under test that do not return every layer, or compute in
+        a precision of their own, are judged on."""
         what = {"last": "the final layer only: its targets check that layer and the logits",
                 "logits": "logits only: its targets check the logits, no hidden layer"}
-        return [f"the {kind} implementation {_name(impl)} returns {what[outputs_of(impl)]}"
-                for kind, impl in (("packed", self._packed), ("padded", self._padded))
-                if outputs_of(impl) != "layers"]
+        notes = []
+        for kind, impl in (("packed", self._packed), ("padded", self._padded)):
+            if outputs_of(impl) != "layers":
+                notes.append(f"the {kind} implementation {_name(impl)} returns "
+                             f"{what[outputs_of(impl)]}")
+            if hasattr(impl, "esmfuzz_precision"):
+                notes.append(f"the {kind} implementation {_name(impl)} computes in "
+                             f"{self.precision(kind)} whatever the model's dtype: it runs on "
+                             f"the float32 model only")
+        if self.compare == "quantized":
+            notes.append("compared as a quantized engine (--esm-compare quantized): against "
+                         "float32, in user units; the targets judged against same-dtype noise "
+                         "skip")
+        return notes
 
     def _chosen(self) -> dict[str, tuple[str, str]]:
         """Per kind, (the implementation's name, esmfuzz's default)."""
@@ -480,6 +528,9 @@ class Harness:
             environment=environment(self.device),
             message=verdict.message(),
         )
+
+
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
 def _identical(first: list[dict], second: list[dict]) -> bool:

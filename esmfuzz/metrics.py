@@ -18,7 +18,9 @@ __all__ = [
     "outlier_weights",
     "relative_error_tensor",
     "relative_errors",
+    "rank_correlation",
     "residue_mean",
+    "score_drift",
     "segment_relative_errors",
     "sequence_cosine",
     "std_rel_diff",
@@ -62,6 +64,32 @@ def sequence_cosine(candidate: torch.Tensor, reference: torch.Tensor) -> float:
     scale = float(_f64(reference).norm(dim=-1).max()) if reference.numel() else 0.0
     return float(token_cosine(residue_mean(candidate)[None], residue_mean(reference)[None],
                               scale=scale, eps=_eps(candidate))[0])
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman correlation of each row of ``a`` with the same row of ``b``, [P] (ranks by
+    order; ties in float logits are measure-zero). A row with no spread in either has no
+    ranking to agree with: NaN."""
+    ra = _f64(a).argsort(-1).argsort(-1).to(torch.float64)
+    rb = _f64(b).argsort(-1).argsort(-1).to(torch.float64)
+    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
+    return (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1))
+
+
+def score_drift(candidate: torch.Tensor, reference: torch.Tensor,
+                columns: list[int]) -> dict[str, torch.Tensor]:
+    """Per row of two [P, V] logit tensors, what a masked-marginal scorer reads from them at
+    the vocabulary ``columns`` (the amino acids): the largest logit drift, the largest
+    log-probability drift (softmax over the whole vocabulary, as fair-esm's users take it)
+    and the rank correlation of the log-probabilities (the mutation scores), each [P]."""
+    c, r = _f64(candidate), _f64(reference)
+    logp_c = torch.log_softmax(c, -1)[:, columns]
+    logp_r = torch.log_softmax(r, -1)[:, columns]
+    return {
+        "logit_drift": (c[:, columns] - r[:, columns]).abs().amax(-1),
+        "log_prob_drift": (logp_c - logp_r).abs().amax(-1),
+        "rank_agreement": rank_correlation(logp_c, logp_r),
+    }
 
 
 def _eps(x: torch.Tensor) -> float:

@@ -221,6 +221,9 @@ def esm_fuzz(request: pytest.FixtureRequest, esm_harness: Harness) -> Callable:
     def run(prop: str, stratum: str = "mixed") -> None:
         if session.stopping():
             pytest.skip("the soak run was stopped")
+        elsewhere = session.harness.judges(prop)
+        if elsewhere:
+            pytest.skip(elsewhere)
         progress = _Progress(request.config, f"{prop}[{stratum}]")
         try:
             failed = fuzz(session, prop, stratum, chosen_seed=session.run_options.get("seed"),

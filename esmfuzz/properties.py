@@ -23,11 +23,13 @@ __all__ = [
     "Sample",
     "Thresholds",
     "Verdict",
+    "batch_invariance",
     "context",
     "error_ratio",
     "finite",
     "layer_order",
     "precision",
+    "quantized",
     "spread",
     "statistics",
 ]
@@ -585,5 +587,96 @@ def spread(
         f"identical calls (each later one against the first), over the sequence and over its "
         f"worst token, relative to the oracle's RMS; bound: {k:g} x (RMS of the same-dtype "
         f"baselines' errors) + {2 * thresholds.ulp_floor:g} ulp"
+    )
+    return checks.done()
+
+
+def _worst_scores(checks: _Checks, drift: dict[str, torch.Tensor], rows: Sequence[int],
+                  thresholds: Thresholds, *, names: Mapping[str, str], sequence: int,
+                  label: str) -> None:
+    """The worst masked position of each :func:`metrics.score_drift` statistic, checked
+    against its threshold (``names``: statistic -> metric name)."""
+    for stat, name in names.items():
+        values = drift[stat]
+        at_least = stat == "rank_agreement"
+        worst = int(values.argmin() if at_least else values.argmax())
+        if not values.isfinite().all():
+            worst = int((~values.isfinite()).nonzero()[0, 0])
+        checks.check(name, float(values[worst]), getattr(thresholds, name), at_least=at_least,
+                     layer=LOGITS, sequence=sequence, token=int(rows[worst]), label=label)
+
+
+def quantized(
+    tested: Mapping[str, Outputs],
+    reference: Outputs,
+    positions: Sequence[Sequence[int]],
+    thresholds: Thresholds,
+    *,
+    columns: list[int],
+    last: int,
+) -> Verdict:
+    """A quantized engine against float32, in the units its users read.
+
+    At the masked positions (``positions[s]``: the token rows of sequence ``s`` that hold
+    ``<mask>``), over the amino acids' vocabulary ``columns``: the largest logit drift, the
+    largest log-probability drift, and the least rank agreement of the log-probabilities
+    (the masked-marginal mutation scores); where the engine returns the final layer
+    ``last``, the cosine of the residue-mean embedding. Fixed, user-chosen bounds: a
+    quantized engine's error has no same-precision baseline to scale by.
+    """
+    checks = _Checks("quantized_drift")
+    names = {"logit_drift": "logit_drift", "log_prob_drift": "log_prob_drift",
+             "rank_agreement": "rank_agreement"}
+    for label, outputs in tested.items():
+        for s, (out, ref) in enumerate(zip(outputs, reference, strict=True)):
+            if last in out:
+                checks.check("embedding_cosine", metrics.sequence_cosine(out[last], ref[last]),
+                             thresholds.embedding_cosine, at_least=True, layer=last,
+                             sequence=s, label=f"{label}: ")
+            rows = list(positions[s])
+            drift = metrics.score_drift(out[LOGITS][rows], ref[LOGITS][rows], columns)
+            _worst_scores(checks, drift, rows, thresholds, names=names, sequence=s,
+                          label=f"{label}: ")
+    checks.verdict.notes.append(
+        f"against fair-esm's float32 forward at {sum(map(len, positions))} masked position(s): "
+        f"logit drift <= {thresholds.logit_drift:g}, log-probability drift <= "
+        f"{thresholds.log_prob_drift:g} nats, rank agreement (Spearman, 20 amino acids) > "
+        f"{thresholds.rank_agreement:g}, embedding cosine > {thresholds.embedding_cosine:g} "
+        f"(docs/oracles.md, quantized engines)"
+    )
+    return checks.done()
+
+
+def batch_invariance(
+    paths: Mapping[str, tuple[Mapping, Mapping]],
+    positions: Sequence[int],
+    thresholds: Thresholds,
+    *,
+    columns: list[int],
+    last: int,
+    sequence: int,
+) -> Verdict:
+    """One sequence in two packs gives the scores it gives alone, in user units.
+
+    ``paths`` maps a label to the sequence's outputs in the first and the second pack; at
+    its masked ``positions``, the log-probabilities of the amino acids ``columns`` move by
+    at most ``context_drift`` nats, and where the final layer ``last`` is returned its
+    residue-mean embedding keeps a cosine above ``embedding_cosine``. A batch-invariant
+    engine moves neither; one that quantizes activations per pack moves both.
+    """
+    checks = _Checks("batch_invariance")
+    rows = list(positions)
+    for label, (first, second) in paths.items():
+        if last in first:
+            checks.check("embedding_cosine", metrics.sequence_cosine(first[last], second[last]),
+                         thresholds.embedding_cosine, at_least=True, layer=last,
+                         sequence=sequence, label=f"{label}: ")
+        drift = metrics.score_drift(first[LOGITS][rows], second[LOGITS][rows], columns)
+        _worst_scores(checks, drift, rows, thresholds,
+                      names={"log_prob_drift": "context_drift"}, sequence=sequence,
+                      label=f"{label}: ")
+    checks.verdict.notes.append(
+        f"the same sequence in two packs, at {len(rows)} masked position(s): log-probability "
+        f"drift <= {thresholds.context_drift:g} nats (docs/oracles.md, quantized engines)"
     )
     return checks.done()

@@ -60,6 +60,9 @@ class Property:
     noise: str = "error_ratio"
     """The threshold that bounds how far two correct computations lie apart: the spread
     of identical calls is judged against it (:func:`esmfuzz.properties.spread`)."""
+    modes: tuple[str, ...] = ("dtype",)
+    """The ``--esm-compare`` modes that judge by this property (the harness's
+    :meth:`~esmfuzz.harness.Harness.compare`); in another its targets skip, saying why."""
     fixed_bounds: str = ""
     """For a property judged against fixed thresholds, not against the run's own noise,
     their name (``cosine thresholds``): which metric fails first, and at how many layers,
@@ -127,9 +130,10 @@ def _finite(harness, sample: Sample, layers) -> Verdict:
     pair, seqs = harness.pair, sample.sequences
     layers = harness.checked_layers(("packed", "padded"),
                                     [*layers, pair.num_layers, LOGITS])
+    model = pair.reference if harness.compare == "quantized" else pair.candidate
     candidates = {
-        "packed": harness.packed(pair.candidate, seqs, layers),
-        "padded": harness.padded(pair.candidate, seqs, layers),
+        "packed": harness.packed(model, seqs, layers),
+        "padded": harness.padded(model, seqs, layers),
     }
     return P.finite(candidates, harness.baseline(pair.reference, seqs, layers))
 
@@ -178,6 +182,65 @@ def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdic
                         sequence=target)
     verdict.notes.append(harness.pair.oracle_note)
     return verdict
+
+
+SCORED_EVERY = 7
+"""A masked-marginal scorer's positions in a sequence without ``<mask>``: residues 2, 9, 16..."""
+
+
+def scored(sequences) -> tuple[tuple[str, ...], list[list[int]]]:
+    """The sequences as a masked-marginal scorer feeds them, and the token rows it reads.
+
+    A sequence that holds ``<mask>`` is scored where it does; one without gets ``<mask>`` at
+    every :data:`SCORED_EVERY`-th residue from the third (its first, if shorter). Rows count
+    ``<cls>`` as 0.
+    """
+    from esmfuzz.alphabet import MASK, split_residues
+
+    out, rows = [], []
+    for sequence in sequences:
+        tokens = split_residues(sequence)
+        at = [i for i, token in enumerate(tokens) if token == MASK]
+        if not at:
+            at = list(range(2, len(tokens), SCORED_EVERY)) or [0]
+            tokens = [MASK if i in at else token for i, token in enumerate(tokens)]
+        out.append("".join(tokens))
+        rows.append([i + 1 for i in at])
+    return tuple(out), rows
+
+
+def _columns(harness) -> list[int]:
+    from esmfuzz.alphabet import STANDARD_RESIDUES
+
+    return [harness.pair.alphabet.get_idx(a) for a in STANDARD_RESIDUES]
+
+
+def _quantized_drift(harness, sample: Sample, layers) -> Verdict:
+    pair = harness.pair
+    seqs, rows = scored(sample.sequences)
+    want = [pair.num_layers, LOGITS]
+    kinds = ["packed"] + (["padded"] if "padded" in harness.under_test_kinds() else [])
+    tested = {}
+    for kind in kinds:
+        forward = harness.packed if kind == "packed" else harness.padded
+        tested[f"{kind} {harness.precision(kind)}"] = forward(
+            pair.reference, seqs, harness.checked_layers((kind,), want))
+    reference = harness.baseline(pair.reference, seqs, want)
+    return P.quantized(tested, reference, rows, harness.thresholds, columns=_columns(harness),
+                       last=pair.num_layers)
+
+
+def _batch_invariance(harness, sample: Sample, layers) -> Verdict:
+    pair = harness.pair
+    first, rows = scored(sample.sequences)
+    second, _ = scored(sample.variant)
+    want = harness.checked_layers(("packed",), [pair.num_layers, LOGITS])
+    paths = {f"packed {harness.precision('packed')}": (
+        harness.packed(pair.reference, first, want)[sample.target],
+        harness.packed(pair.reference, second, want)[sample.variant_target])}
+    return P.batch_invariance(paths, rows[sample.target], harness.thresholds,
+                              columns=_columns(harness), last=pair.num_layers,
+                              sequence=sample.target)
 
 
 CROWD_RESIDUES = 170
@@ -253,6 +316,9 @@ _SAMPLES = {"plain": _plain, "pairs": _pairs, "shortest": _shortest}
 _RATIO = (Metric("error_ratio"),)
 _CONTEXT = (Metric("context_ratio"),)
 _COSINES = (Metric("sequence_cosine", True, "cosine"), Metric("token_cosine_min", True, "cosine"))
+_QUANTIZED = (Metric("embedding_cosine", True, "cosine"), Metric("logit_drift", scale="difference"),
+              Metric("log_prob_drift", scale="difference"),
+              Metric("rank_agreement", True, "cosine"))
 _STATISTICS = tuple(Metric(name, scale="difference") for name in (
     "mean_abs_diff", "std_rel_diff", "l2_norm_rel_diff", "outlier_rel_diff"))
 
@@ -269,7 +335,8 @@ def _entries() -> tuple[Property, ...]:
                  lambda h, s, layers: _precision(h, s, layers, packed=True), "plain", _COSINES,
                  STRATA, fixed_bounds="cosine thresholds"),
         Property("finite", ("packed", "padded"), _finite, "plain",
-                 (Metric("non_finite", scale="count"),), STRATA + (CROWDED,)),
+                 (Metric("non_finite", scale="count"),), STRATA + (CROWDED,),
+                 modes=("dtype", "quantized")),
         Property("statistics", ("packed", "padded"), _statistics, "plain", _STATISTICS, (MIXED,),
                  (("max_sequences", 4),), fixed_bounds="statistics thresholds"),
         Property("precision", ("padded",),
@@ -281,6 +348,13 @@ def _entries() -> tuple[Property, ...]:
                  "shortest", _CONTEXT, (MIXED,),
                  (("min_sequences", 2), ("max_sequences", 6), ("max_tokens", 2048)),
                  "context_ratio"),
+        Property("quantized_drift", ("packed", "padded"), _quantized_drift, "plain",
+                 _QUANTIZED, (MIXED, CROWDED), modes=("quantized",),
+                 fixed_bounds="quantized thresholds"),
+        Property("batch_invariance", ("packed",), _batch_invariance, "pairs",
+                 (_QUANTIZED[0], Metric("context_drift", scale="difference")), (MIXED, CROWDED),
+                 (("min_sequences", 2), ("max_sequences", 6)), modes=("quantized",),
+                 fixed_bounds="quantized thresholds"),
     )
 
 

@@ -50,6 +50,11 @@ def test_thresholds_defaults():
         "l2_norm_rel_diff": 0.05,
         "outlier_rel_diff": 0.25,
         "statistics_ratio": 3.0,
+        "embedding_cosine": 0.99,
+        "logit_drift": 2.0,
+        "log_prob_drift": 1.0,
+        "rank_agreement": 0.9,
+        "context_drift": 0.1,
     }
 
 
