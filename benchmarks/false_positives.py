@@ -202,7 +202,8 @@ def main(argv=None) -> int:
                 if args.strata and stratum not in args.strata:
                     continue
                 entries = [PROPERTIES[name] for name in properties
-                           if stratum in PROPERTIES[name].strata]
+                           if stratum in PROPERTIES[name].strata
+                           and harnesses[0][2].judges(name) is None]
                 config = harnesses[0][2].config
                 for samples, members in _groups(entries, config, stratum, n=args.examples,
                                                 at=at):

@@ -168,21 +168,25 @@ def test_finite_nan_where_reference_is_nan_passes():
     assert verdict.value == 1.0 and verdict.worst["token"] == 3
 
 
-def test_finite_logits_is_a_non_int_layer():
+def test_finite_logits_are_checked_as_a_layer_after_the_last():
     ref = _finite_outputs()
     cand = copy_outputs(ref)
     cand[0]["logits"][3, 30] = float("nan")
     verdict = finite({"packed": cand}, ref)
     assert not verdict.ok
-    assert verdict.worst == {"layer": None, "sequence": 0, "token": 3}
-    assert verdict.first_layer is None
-    assert verdict.path == "packed logits"
-    assert verdict.violations == ["packed logits: non_finite=1 (needs <= 0) at sequence 0, token 3"]
-    assert "of the packed logits output" in verdict.message()
+    assert verdict.worst == {"layer": "logits", "sequence": 0, "token": 3}
+    assert verdict.first_layer == "logits"
+    assert verdict.path == "packed"
+    assert verdict.violations == [
+        "packed: non_finite=1 (needs <= 0) at layer logits, sequence 0, token 3"]
+    cand[0][3][0, 0] = float("nan")
+    verdict = finite({"packed": cand}, ref)
+    assert verdict.failing_layers() == [3, "logits"] and verdict.first_layer == 3
+    assert verdict.layer_pattern() == "layers 3 on of 0-logits (first 3, last logits)"
     cand[1][0][0, 0] = float("nan")
     both = finite({"packed": cand}, ref)
     assert both.first_layer == 0
-    assert len(both.violations) == 2
+    assert len(both.violations) == 3
 
 
 # --------------------------------------------------------------------------- statistics
