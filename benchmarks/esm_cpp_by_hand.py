@@ -39,10 +39,11 @@ def padding(model) -> None:
     with torch.no_grad():
         want = model.double()(torch.from_numpy(short[None].astype(np.int64)))["logits"][0]
     model.float()
+    want_ = want.numpy()
     alone = engine.forward(short)
     among = engine.forward(padded, mask)[: len(short)]
-    print(f"  padded, masked: max |logit - fair-esm float64| {np.abs(among - want.numpy()).max():.3g}"
-          f"; alone: {np.abs(alone - want.numpy()).max():.3g}; logits up to "
+    print(f"  padded, masked: max |logit - fair-esm float64| {np.abs(among - want_).max():.3g}"
+          f"; alone: {np.abs(alone - want_).max():.3g}; logits up to "
           f"{float(want.abs().max()):.3g}")
 
 

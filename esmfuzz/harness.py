@@ -174,7 +174,8 @@ class Harness:
         if isinstance(impl, PackedForward):
             kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
         return self._memo(
-            ("packed", impl, id(model), tuple(sequences), tuple(sorted(layers, key=layer_order))), model,
+            ("packed", impl, id(model), tuple(sequences),
+             tuple(sorted(layers, key=layer_order))), model,
             self._owned(impl, role, lambda: run_packed(impl, model, self.pair.alphabet,
                                                        sequences, layers, **kwargs)),
         )
@@ -182,7 +183,8 @@ class Harness:
     def _run_padded(self, impl, model, sequences: Sequence[str], layers, *, bucketed: bool,
                     role: str = "fair-esm's padded forward"):
         return self._memo(
-            ("padded", impl, id(model), tuple(sequences), tuple(sorted(layers, key=layer_order)), bucketed),
+            ("padded", impl, id(model), tuple(sequences),
+             tuple(sorted(layers, key=layer_order)), bucketed),
             model,
             self._owned(impl, role, lambda: run_padded(
                 impl, model, self.pair.alphabet, sequences, layers, bucketed=bucketed,
