@@ -20,6 +20,7 @@ import torch
 from esm.modules import gelu
 from esm.rotary_embedding import rotate_half
 
+from esmfuzz.adapters._hf import PerModel
 from esmfuzz.alphabet import residue_count
 from esmfuzz.attention import select_backend, varlen_attention
 from esmfuzz.config import DEFAULT_PACKED, DEFAULT_PADDED, ConfigError, parse_implementation
@@ -30,14 +31,12 @@ from esmfuzz.properties import LOGITS, layer_order
 __all__ = [
     "DEFAULT_PACKED",
     "DEFAULT_PADDED",
-    "LOGITS",
     "OUTPUTS",
     "ImplementationError",
     "ImplementationFailure",
     "PackedForward",
     "free_memory",
     "is_out_of_memory",
-    "layer_order",
     "load_implementation",
     "oracle_forward",
     "outputs_of",
@@ -82,22 +81,8 @@ def _head_copy(head, dtype: torch.dtype):
     return copy.deepcopy(head).to(dtype)
 
 
-class _PerModelDtype:
-    """A head copy per (model, dtype), dropped with the model."""
-
-    def __init__(self):
-        import weakref
-
-        self._built = weakref.WeakKeyDictionary()
-
-    def get(self, model, dtype, build):
-        per = self._built.setdefault(model, {})
-        if dtype not in per:
-            per[dtype] = build()
-        return per[dtype]
-
-
-_HEADS = _PerModelDtype()
+_HEADS = PerModel()
+"""A head copy per model and dtype (the adapters' per-model cache)."""
 
 
 class ImplementationError(EsmfuzzError, RuntimeError):

@@ -35,12 +35,10 @@ from esmfuzz.config import (
 from esmfuzz.corpus import Case, environment
 from esmfuzz.errors import HarnessError
 from esmfuzz.forward import (
-    LOGITS,
     ImplementationFailure,
     PackedForward,
     implementation_name,
     is_out_of_memory,
-    layer_order,
     load_implementation,
     oracle_forward,
     outputs_of,
@@ -50,7 +48,7 @@ from esmfuzz.forward import (
     run_padded,
 )
 from esmfuzz.models import ModelPair, model_pair
-from esmfuzz.properties import Sample
+from esmfuzz.properties import LOGITS, Sample, layer_order
 
 __all__ = ["Harness", "Repeat", "check_runnable", "config_for_case", "harness_error", "harness_for"]
 
@@ -245,15 +243,16 @@ class Harness:
         implementation under test declares an integer ``esmfuzz_precision``)."""
         if self.config.compare != "auto":
             return self.config.compare
-        declared = {self.precision(kind) for kind in self.under_test_kinds()}
-        return "quantized" if declared - set(_FLOATS) else "dtype"
+        return "quantized" if self._integer() else "dtype"
+
+    def _impl(self, kind: str):
+        return self._packed if kind == "packed" else self._padded
 
     def precision(self, kind: str) -> str:
         """What the ``packed``/``padded`` implementation computes in: its
         ``esmfuzz_precision`` (an engine with its own: ``float32``, ``int8``), else the
         candidate dtype."""
-        impl = self._packed if kind == "packed" else self._padded
-        return str(getattr(impl, "esmfuzz_precision", dtype_name(self.pair.dtype)))
+        return str(getattr(self._impl(kind), "esmfuzz_precision", dtype_name(self.pair.dtype)))
 
     def judges(self, prop: str) -> str | None:
         """None where ``prop`` judges in this run's compare mode, else why its targets skip."""
@@ -267,6 +266,7 @@ class Harness:
                                      and self.config.compare == "auto" else ""))
 
     def _integer(self) -> str:
+        """The non-float precisions the implementations under test declare, as text."""
         return ", ".join(sorted({self.precision(k) for k in self.under_test_kinds()}
                                 - set(_FLOATS)))
 
@@ -279,8 +279,7 @@ class Harness:
         or the oracle itself is the FP32 reference.
         """
         pair = self.pair
-        impl = self._packed if kind == "packed" else self._padded
-        if self.compare == "quantized" or hasattr(impl, "esmfuzz_precision"):
+        if self.compare == "quantized" or hasattr(self._impl(kind), "esmfuzz_precision"):
             return [pair.reference]
         models = [pair.candidate]
         if (
@@ -450,7 +449,7 @@ class Harness:
 
     def returns(self, kind: str) -> str:
         """What the ``packed``/``padded`` implementation returns (:data:`OUTPUTS`)."""
-        return outputs_of(self._packed if kind == "packed" else self._padded)
+        return outputs_of(self._impl(kind))
 
     def checked_layers(self, calls: Sequence[str], layers: Sequence) -> list:
         """Of ``layers``, those every implementation in ``calls`` can be judged on.

@@ -16,7 +16,6 @@ from esmfuzz import properties as P
 from esmfuzz.alphabet import MAX_RESIDUES
 from esmfuzz.config import dtype_name
 from esmfuzz.edges import Scope
-from esmfuzz.forward import LOGITS
 from esmfuzz.properties import Sample, Verdict
 
 __all__ = ["PROPERTIES", "STRATA", "Metric", "Property", "get", "metric", "scope", "targets"]
@@ -129,11 +128,10 @@ def _error_ratio(harness, sample: Sample, layers) -> Verdict:
 def _finite(harness, sample: Sample, layers) -> Verdict:
     pair, seqs = harness.pair, sample.sequences
     layers = harness.checked_layers(("packed", "padded"),
-                                    [*layers, pair.num_layers, LOGITS])
-    model = pair.reference if harness.compare == "quantized" else pair.candidate
+                                    [*layers, pair.num_layers, P.LOGITS])
     candidates = {
-        "packed": harness.packed(model, seqs, layers),
-        "padded": harness.padded(model, seqs, layers),
+        "packed": harness.packed(harness.path_models("packed")[0], seqs, layers),
+        "padded": harness.padded(harness.path_models("padded")[0], seqs, layers),
     }
     return P.finite(candidates, harness.baseline(pair.reference, seqs, layers))
 
@@ -218,7 +216,7 @@ def _columns(harness) -> list[int]:
 def _quantized_drift(harness, sample: Sample, layers) -> Verdict:
     pair = harness.pair
     seqs, rows = scored(sample.sequences)
-    want = [pair.num_layers, LOGITS]
+    want = [pair.num_layers, P.LOGITS]
     kinds = ["packed"] + (["padded"] if "padded" in harness.under_test_kinds() else [])
     tested = {}
     for kind in kinds:
@@ -234,7 +232,7 @@ def _batch_invariance(harness, sample: Sample, layers) -> Verdict:
     pair = harness.pair
     first, rows = scored(sample.sequences)
     second, _ = scored(sample.variant)
-    want = harness.checked_layers(("packed",), [pair.num_layers, LOGITS])
+    want = harness.checked_layers(("packed",), [pair.num_layers, P.LOGITS])
     paths = {f"packed {harness.precision('packed')}": (
         harness.packed(pair.reference, first, want)[sample.target],
         harness.packed(pair.reference, second, want)[sample.variant_target])}
