@@ -9,13 +9,20 @@ profile, a time slice per target, statistics from :mod:`esmfuzz.runlog`) while
   samples taken while it fuzzed);
 - where the time went: the property checks (with ``--timings``: split into forwards under
   test, baselines and the oracle, each waited for on the device) and the rest
-  (generating examples, Hypothesis, the plugin).
+  (generating examples, Hypothesis, the plugin);
+- with ``--launches``: the operations (on a GPU, kernel launches) and read-backs per
+  example, by kind of forward and the checks (:mod:`esmfuzz.launches`).
+
+The selection runs ``--runs`` times (default 3); the summary gives each figure as the
+median (min-max) of the runs, and the fraction of the FP64-oracle roofline reached: the
+residues/s the float64 oracle alone could check at the device's measured float64 matmul
+rate, 2 FLOP per parameter and residue.
 
 Examples::
 
     python benchmarks/throughput.py --model synthetic:esm2_t33_650M_UR50D --seconds 30
     python benchmarks/throughput.py --device cpu --seconds 20 --targets "error_ratio and short"
-    python benchmarks/throughput.py --workers 2 --seconds 60     # two GPUs, two xdist workers
+    python benchmarks/throughput.py --workers auto --seconds 15   # as esmfuzz soak --workers auto
 
 ``--timings`` waits for the GPU after every forward to attribute time, which costs the
 overlap of one forward with the next: measure utilization without it, attribution with it.
@@ -27,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,7 +82,8 @@ class GpuSampler:
             self.process.terminate()
 
 
-def run(args) -> dict:
+def run(args, workers: int, number: int = 1) -> dict:
+    """One run: every selected target for ``args.seconds`` in one pytest session."""
     logs = Path(tempfile.mkdtemp(prefix="esmfuzz-throughput-"))
     select = " or ".join(f"({t})" for t in args.targets)
     command = [sys.executable, "-m", "pytest", str(TARGETS), "-k", select, "-q",
@@ -84,12 +93,14 @@ def run(args) -> dict:
                "--esm-model", args.model, "--esm-device", args.device, "--esm-dtype", args.dtype,
                "--esm-corpus", str(logs / "corpus"), "--esm-database", str(logs / "examples"),
                *args.pytest_args]
-    if args.workers > 1:
-        command += ["-n", str(args.workers)]
+    if workers > 1:
+        command += ["-n", str(workers)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     env.pop("CI", None)
-    if args.timings:
+    if args.launches:
+        env["ESMFUZZ_TIMINGS"] = "launches"
+    elif args.timings:
         env["ESMFUZZ_TIMINGS"] = "1"
     sampler = GpuSampler()
     began = time.time()
@@ -108,25 +119,109 @@ def run(args) -> dict:
             start = (t.get("began") or [t.get("first") or began])[0]
             end = t.get("last") or start
             wall = max(end - start, 1e-9)
+            phases = t.get("phases", {})
             rows.append({
                 "target": name, "worker": proc["worker"], "device": proc["device"],
                 "examples": t["examples"], "examples_per_s": t["examples"] / wall,
                 "residues_per_s": t.get("residues", 0) / wall,
                 "gpu_busy": sampler.busy(start, end, None if gpu is None else {gpu}),
                 "check_share": t.get("check_seconds", 0.0) / wall,
-                "phases": {k: v / wall for k, v in t.get("phases", {}).items()},
+                "phases": {k: v / wall for k, v in phases.items() if k in _TIMED},
+                "per_example": {k: v / max(t["examples"], 1) for k, v in phases.items()
+                                if k not in _TIMED},
                 "wall_s": wall,
             })
     starts = [r for p in processes for t in p["targets"].values() for r in (t.get("began") or [])]
     ends = [t["last"] for p in processes for t in p["targets"].values() if t.get("last")]
     active = (min(starts), max(ends)) if starts and ends else (began, ended)
+    span = max(active[1] - active[0], 1e-9)
     total = sum(r["examples"] for r in rows)
+    residues = sum(t.get("residues", 0) for p in processes for t in p["targets"].values())
     return {
-        "model": args.model, "device": args.device, "dtype": args.dtype, "workers": args.workers,
-        "seconds_per_target": args.seconds, "timings": args.timings, "rows": rows,
-        "examples": total, "examples_per_s": total / max(active[1] - active[0], 1e-9),
-        "gpu_busy": sampler.busy(*active), "wall_s": ended - began,
-        "fuzzing_s": active[1] - active[0],
+        "run": number, "model": args.model, "device": args.device,
+        "device_name": processes[0].get("device", args.device), "dtype": args.dtype,
+        "workers": workers, "workers_asked": args.workers, "targets": list(args.targets),
+        "seconds_per_target": args.seconds, "timings": args.timings, "launches": args.launches,
+        "rows": rows, "examples": total, "examples_per_s": total / span,
+        "residues_per_s": residues / span, "gpu_busy": sampler.busy(*active),
+        "wall_s": ended - began, "fuzzing_s": span,
+    }
+
+
+_TIMED = ("under test", "baselines", "oracle", "loading")
+"""Phases the run log holds in seconds; with ``--launches`` the others are counts."""
+
+
+def peak_fp64(device: str) -> tuple[float, str]:
+    """FLOP/s of a float64 matrix product on ``device``, median of 5: what the float64
+    oracle's linear layers can reach at best there."""
+    import torch
+
+    from esmfuzz.config import resolve_device
+
+    place = resolve_device(device)
+    n = 4096 if place.type == "cuda" else 1024
+    a = torch.randn(n, n, dtype=torch.float64, device=place)
+    b = torch.randn(n, n, dtype=torch.float64, device=place)
+    times = []
+    for _ in range(6):
+        if place.type == "cuda":
+            torch.cuda.synchronize(place)
+        start = time.perf_counter()
+        a @ b
+        if place.type == "cuda":
+            torch.cuda.synchronize(place)
+        times.append(time.perf_counter() - start)
+    flops = 2 * n**3 / statistics.median(times[1:])
+    return flops, f"float64 {n}x{n} matmul on {place}, median of 5"
+
+
+def oracle_bound(model: str, flops: float) -> float:
+    """Residues/s the float64 oracle alone could check at ``flops``: 2 FLOP per parameter
+    and residue (the linear layers; attention's length-dependent part is left out, so the
+    bound is high and the fraction of it reached is a lower bound)."""
+    from esmfuzz.models import parse_spec
+    from esmfuzz.models.checkpoint import read_state
+
+    spec = parse_spec(model)
+    if spec.architecture is not None:
+        parameters = spec.architecture.parameters
+    else:
+        parameters = sum(t.numel() for t in read_state(spec.path).values()
+                         if hasattr(t, "numel"))
+    return flops / (2 * parameters)
+
+
+def summarize(runs: list[dict], bound: float | None) -> dict:
+    """Median, min and max over the runs of each figure, overall and per target."""
+    def spread(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return None
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    figures = {key: spread([r[key] for r in runs])
+               for key in ("examples_per_s", "residues_per_s", "gpu_busy")}
+    if bound:
+        figures["roofline"] = spread([r["residues_per_s"] / bound for r in runs])
+    targets = sorted({row["target"] for r in runs for row in r["rows"]})
+    per_target = {}
+    for name in targets:
+        rows = [row for r in runs for row in r["rows"] if row["target"] == name]
+        per_target[name] = {
+            key: spread([row[key] for row in rows])
+            for key in ("examples_per_s", "residues_per_s", "gpu_busy")
+        }
+        counts = sorted({k for row in rows for k in row["per_example"]})
+        per_target[name]["per_example"] = {
+            k: spread([row["per_example"].get(k, 0.0) for row in rows]) for k in counts}
+    first = runs[0]
+    return {
+        "summary": True, "runs": len(runs), "model": first["model"],
+        "device_name": first["device_name"], "dtype": first["dtype"],
+        "workers": first["workers"], "workers_asked": first["workers_asked"],
+        "targets": first["targets"], "seconds_per_target": first["seconds_per_target"],
+        "oracle_bound_residues_per_s": bound, **figures, "per_target": per_target,
     }
 
 
@@ -141,10 +236,19 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-def show(result: dict) -> None:
-    print(f"model {result['model']} on {result['device']}, {result['dtype']}, "
-          f"{result['workers']} worker(s), {result['seconds_per_target']:g} s per target"
-          + (", forwards timed" if result["timings"] else ""))
+def _spread(figure, fmt="{:.2f}", scale=1.0) -> str:
+    if figure is None:
+        return "-"
+    median, low, high = (fmt.format(scale * figure[k]) for k in ("median", "min", "max"))
+    return f"{median} ({low}-{high})"
+
+
+def show_run(result: dict) -> None:
+    print(f"run {result['run']}: {result['model']} on {result['device_name']}, "
+          f"{result['dtype']}, {result['workers']} worker(s), "
+          f"{result['seconds_per_target']:g} s per target"
+          + (", forwards timed" if result["timings"] else "")
+          + (", operations counted" if result["launches"] else ""))
     print(f"{'target':<32}{'worker':<7}{'examples':>9}{'ex/s':>8}{'res/s':>9}{'GPU busy':>10}"
           f"{'checks':>8}  forwards (share of wall time)")
     for r in result["rows"]:
@@ -153,8 +257,31 @@ def show(result: dict) -> None:
               f"{r['residues_per_s']:>9.0f}{_pct(r['gpu_busy']):>10}{_pct(r['check_share']):>8}"
               f"  {phases}")
     print(f"all targets: {result['examples']} examples in {result['fuzzing_s']:.0f} s of fuzzing "
-          f"({result['examples_per_s']:.2f}/s), GPU busy {_pct(result['gpu_busy'])}; "
-          f"{result['wall_s']:.0f} s with start-up and model loading")
+          f"({result['examples_per_s']:.2f}/s, {result['residues_per_s']:.0f} residues/s), "
+          f"GPU busy {_pct(result['gpu_busy'])}; {result['wall_s']:.0f} s with start-up and "
+          f"model loading")
+
+
+def show_summary(summary: dict, peak: tuple[float, str] | None) -> None:
+    print(f"\n{summary['runs']} run(s): {summary['model']} on {summary['device_name']}, "
+          f"{summary['dtype']}, {summary['workers']} worker(s) (asked: "
+          f"{summary['workers_asked']}), {summary['seconds_per_target']:g} s per target; "
+          f"median (min-max)")
+    print(f"  examples/s  {_spread(summary['examples_per_s'])}")
+    print(f"  residues/s  {_spread(summary['residues_per_s'], '{:.0f}')}")
+    print(f"  GPU busy    {_spread(summary['gpu_busy'], '{:.0f}%', 100)}")
+    if peak is not None and summary.get("roofline"):
+        print(f"  FP64-oracle roofline: {summary['oracle_bound_residues_per_s']:.0f} residues/s "
+              f"({peak[0] / 1e12:.2f} TFLOP/s, {peak[1]}; 2 FLOP per parameter and residue); "
+              f"reached {_spread(summary['roofline'], '{:.1f}%', 100)}")
+    width = max(len(n) for n in summary["per_target"]) + 2
+    print(f"  {'target':<{width}}{'examples/s':>20}{'residues/s':>20}{'GPU busy':>16}")
+    for name, t in summary["per_target"].items():
+        print(f"  {name:<{width}}{_spread(t['examples_per_s']):>20}"
+              f"{_spread(t['residues_per_s'], '{:.0f}'):>20}"
+              f"{_spread(t['gpu_busy'], '{:.0f}%', 100):>16}")
+        for key, figure in t["per_example"].items():
+            print(f"  {'':<{width}}{key} per example: {_spread(figure, '{:.0f}')}")
 
 
 def main(argv=None) -> None:
@@ -165,16 +292,45 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="time slice per target")
     parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS),
                         help="pytest -k expressions, one per target")
-    parser.add_argument("--workers", type=int, default=1, help="pytest-xdist workers")
+    parser.add_argument("--workers", default="1",
+                        help="pytest-xdist workers, or auto (as esmfuzz soak --workers auto)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="runs of the whole selection; figures are their median (min-max)")
     parser.add_argument("--timings", action="store_true", help="time each kind of forward")
-    parser.add_argument("--json", help="append the result as one JSON line to this file")
+    parser.add_argument("--launches", action="store_true",
+                        help="count each kind of forward's operations (esmfuzz.launches)")
+    parser.add_argument("--no-roofline", action="store_true",
+                        help="skip measuring the device's float64 matmul peak")
+    parser.add_argument("--json", help="append each run and the summary as JSON lines here")
     parser.add_argument("pytest_args", nargs="*", help="more pytest options, after --")
     args = parser.parse_args(argv)
-    result = run(args)
-    show(result)
+    if args.runs < 1:
+        parser.error(f"--runs {args.runs} must be at least 1")
+    from esmfuzz.soak import worker_count
+
+    try:
+        workers, why = worker_count(args.workers, ["--esm-model", args.model,
+                                                   "--esm-device", args.device,
+                                                   "--esm-dtype", args.dtype, *args.pytest_args])
+    except Exception as exc:
+        parser.error(str(exc))
+    if args.workers == "auto":
+        print(f"workers: {workers} ({why})")
+    runs = []
+    for number in range(1, args.runs + 1):
+        result = run(args, workers, number)
+        show_run(result)
+        runs.append(result)
+        if args.json:
+            with open(args.json, "a") as out:
+                out.write(json.dumps(result) + "\n")
+    peak = None if args.no_roofline else peak_fp64(args.device)
+    summary = summarize(runs, oracle_bound(args.model, peak[0]) if peak else None)
+    summary["peak_fp64"] = peak and {"flops": peak[0], "how": peak[1]}
+    show_summary(summary, peak)
     if args.json:
         with open(args.json, "a") as out:
-            out.write(json.dumps(result) + "\n")
+            out.write(json.dumps(summary) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ replay and the soak runner all check properties through :meth:`Harness.check`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -47,6 +48,7 @@ from esmfuzz.forward import (
     run_packed,
     run_padded,
 )
+from esmfuzz.launches import LaunchCounter
 from esmfuzz.models import ModelPair, model_pair
 from esmfuzz.properties import LOGITS, Sample, layer_order
 
@@ -103,8 +105,11 @@ class Harness:
         self.all_layers = list(range(layers + 1))
         self.layers = sorted({0, 1, layers // 2, layers})
         """Checked on every example; all layers are computed only to explain a failure."""
-        self.timings: Counter | None = Counter() if os.environ.get("ESMFUZZ_TIMINGS") else None
-        """Seconds per kind of forward, where ``$ESMFUZZ_TIMINGS`` is set (:meth:`_timed`)."""
+        mode = os.environ.get("ESMFUZZ_TIMINGS", "")
+        self.timings: Counter | None = Counter() if mode else None
+        """Seconds per kind of forward, where ``$ESMFUZZ_TIMINGS`` is set (:meth:`_timed`);
+        with ``launches``, also the operations each ran (:mod:`esmfuzz.launches`)."""
+        self._launches = LaunchCounter(self.timings) if mode == "launches" else None
         self._outputs: dict | None = None
         """Forward outputs of the :meth:`check` in progress, by call (see :meth:`_memo`)."""
         self.refused: dict[str, str] = {}
@@ -158,7 +163,10 @@ class Harness:
         def timed():
             start = time.perf_counter()
             try:
-                return compute()
+                if self._launches is None:
+                    return compute()
+                with self._launches.phase(kind):
+                    return compute()
             finally:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
@@ -340,6 +348,10 @@ class Harness:
         if not isinstance(sample, Sample):
             sample = Sample.from_extra(sample, extra)
         entry.validate(sample)
+        with self._launches or contextlib.nullcontext():
+            return self._check(entry, prop, sample, layers, explain, reuse)
+
+    def _check(self, entry, prop, sample: Sample, layers, explain: bool, reuse) -> P.Verdict:
         for attempt in (1, 2):
             try:
                 verdict = self._check_once(entry, sample, layers, explain, reuse)

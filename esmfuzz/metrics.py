@@ -7,6 +7,8 @@ the metric never adds rounding of its own to the error it measures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "non_finite",
     "outlier_count",
     "outlier_weights",
+    "batched_relative_errors",
     "relative_error_tensor",
     "relative_errors",
     "rank_correlation",
@@ -140,6 +143,11 @@ def segment_relative_errors(
     are segment reductions over the concatenated rows. ``token`` counts from the
     segment's first row; a non-finite row is a segment's worst.
 
+    ``difference`` may carry leading batch dimensions (``[*B, N, D]``, several differences
+    against one reference, ``reference`` and ``weights`` broadcasting to it): the result is
+    then ``[*B, S, 3]``, each row computed as it would be alone, with one set of kernels
+    for all of them (:func:`batched_relative_errors`).
+
     Massive activations count at their own scale (:func:`outlier_weights`; pass
     ``weights`` where several differences share one reference: a row median per call
     costs more than the rest of the statistics).
@@ -147,26 +155,81 @@ def segment_relative_errors(
     d, r = _f64(difference), _f64(reference)
     w = outlier_weights(r) if weights is None else weights
     d, r = d * w, r * w
-    device = d.device
+    device, rows = d.device, d.shape[-2]
     count = torch.tensor(lengths, device=device)
     segment = torch.repeat_interleave(torch.arange(len(lengths), device=device), count)
+
+    def per_segment(values: torch.Tensor) -> torch.Tensor:
+        """Sums over each segment's rows, in row order: ``[..., N]`` to ``[..., S]``."""
+        zeros = values.new_zeros((*values.shape[:-1], len(lengths)))
+        return zeros.index_add(-1, segment, values)
+
     row_sq = d.pow(2).mean(-1)
-    zeros = torch.zeros(len(lengths), dtype=torch.float64, device=device)
-    rms = (zeros.index_add(0, segment, row_sq) / count).sqrt()
-    scale = (zeros.index_add(0, segment, r.pow(2).mean(-1)) / count).sqrt()
+    rms = (per_segment(row_sq) / count).sqrt()
+    scale = (per_segment(r.pow(2).mean(-1)) / count).sqrt()
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     per_row = row_sq.sqrt()
     bad = ~torch.isfinite(per_row)
-    worst = zeros.scatter_reduce(0, segment, per_row.nan_to_num(0.0, posinf=0.0), "amax")
-    has_bad = zeros.index_add(0, segment, bad.double()) > 0
-    worst = torch.where(has_bad, zeros.index_add(0, segment, torch.where(bad, per_row, 0.0)),
-                        worst)
-    offset = torch.arange(d.shape[0], device=device) - (torch.cumsum(count, 0) - count)[segment]
-    hit = torch.where(has_bad[segment], bad, per_row == worst[segment])
-    token = torch.full_like(count, d.shape[0]).scatter_reduce(
-        0, segment[hit], offset[hit], "amin"
-    )
-    return torch.stack([rms / scale, worst / scale, token.double()], dim=1)
+    segments = segment.expand_as(per_row)
+    worst = row_sq.new_zeros((*row_sq.shape[:-1], len(lengths))).scatter_reduce(
+        -1, segments, per_row.nan_to_num(0.0, posinf=0.0), "amax")
+    has_bad = per_segment(bad.double()) > 0
+    worst = torch.where(has_bad, per_segment(torch.where(bad, per_row, 0.0)), worst)
+    offset = torch.arange(rows, device=device) - (torch.cumsum(count, 0) - count)[segment]
+    hit = torch.where(has_bad[..., segment], bad, per_row == worst[..., segment])
+    token = torch.full_like(rms, rows, dtype=torch.long).scatter_reduce(
+        -1, segments, torch.where(hit, offset, rows), "amin")
+    rms, worst = torch.broadcast_tensors(rms / scale, worst / scale)
+    return torch.stack([rms, worst, token.double()], dim=-1)
+
+
+BATCH_ELEMENTS = 2**22
+"""Elements of the float64 differences one :func:`batched_relative_errors` call stacks
+(32 MiB each): small packs, where launching kernels costs more than running them, go in
+a call or two; a large pack's differences run a few at a time and stay within memory."""
+
+
+def batched_relative_errors(
+    differences: Sequence[tuple[Sequence[torch.Tensor], torch.Tensor, int]],
+    references: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    lengths: list[int],
+) -> list[torch.Tensor]:
+    """:func:`segment_relative_errors` of many differences, ``[S, 3]`` each, in few calls.
+
+    Each difference is ``(pieces, subtrahend, i)``: the float64 rows of ``cat(pieces)``
+    minus ``subtrahend`` (float64, ``[N, D]``), against ``references[i]`` with
+    ``weights[i]``. Differences of one width are stacked up to :data:`BATCH_ELEMENTS` per
+    call; each statistic is the one the difference alone gives, at a fraction of the
+    kernel launches (a dozen checked outputs per example at 8M cost more to judge one by
+    one than to compute).
+    """
+    results: list[torch.Tensor] = [torch.empty(0)] * len(differences)
+    rows = sum(lengths)
+    by_width: dict[int, list[int]] = {}
+    for n, (_, _, i) in enumerate(differences):
+        by_width.setdefault(references[i].shape[-1], []).append(n)
+    for width, members in by_width.items():
+        step = max(1, BATCH_ELEMENTS // max(1, rows * width))
+        for at in range(0, len(members), step):
+            chunk = [differences[n] for n in members[at : at + step]]
+            minuend = _f64(torch.cat([p for pieces, _, _ in chunk for p in pieces]))
+            if minuend.shape[0] != len(chunk) * rows:
+                raise ValueError(f"{minuend.shape[0]} rows for {len(chunk)} difference(s) "
+                                 f"of {rows} rows")
+            d = minuend.view(len(chunk), rows, width) - _shared([c[1] for c in chunk])
+            i = [c[2] for c in chunk]
+            stats = segment_relative_errors(d, _shared([references[j] for j in i]), lengths,
+                                            weights=_shared([weights[j] for j in i]))
+            for n, row in zip(members[at : at + step], stats):
+                results[n] = row
+    return results
+
+
+def _shared(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One tensor that broadcasts over the batch where all are the same, else a stack."""
+    first = tensors[0]
+    return first if all(t is first for t in tensors) else torch.stack(list(tensors))
 
 
 def relative_errors(difference: torch.Tensor, reference: torch.Tensor) -> tuple[float, float, int]:

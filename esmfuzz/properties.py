@@ -393,33 +393,34 @@ def error_ratio(
     k = thresholds.error_ratio
     layers = sorted(oracle[0], key=layer_order) if oracle else []
     lengths = [out[layers[0]].shape[0] for out in oracle] if layers else []
-    exact = {layer: _stream(oracle, layer) for layer in layers}
-    weights = {layer: metrics.outlier_weights(ref) for layer, ref in exact.items()}
-
-    def errors(outputs, layer):
-        rows = [out[layer].shape[0] for out in outputs]
-        if rows != lengths:
-            raise ValueError(f"outputs of {rows} rows per sequence for an oracle of {lengths}")
-        ref = exact[layer]
-        return metrics.segment_relative_errors(_stream(outputs, layer) - ref, ref, lengths,
-                                               weights=weights[layer])
-
+    exact = [_stream(oracle, layer) for layer in layers]
+    weights = [metrics.outlier_weights(ref) for ref in exact]
+    differences = []
+    for outputs, baselines, _ in tested.values():
+        for outs in (outputs, *baselines):
+            rows = [[out[layer].shape[0] for out in outs] for layer in layers]
+            if any(r != lengths for r in rows):
+                raise ValueError(f"outputs of {rows} rows per sequence for an oracle of "
+                                 f"{lengths}")
+        differences += [([out[layer] for out in outs], exact[j], j)
+                        for j, layer in enumerate(layers) for outs in (outputs, *baselines)]
+    stats = iter(metrics.batched_relative_errors(differences, exact, weights, lengths))
     _noise_bounds(
         checks,
         "error_ratio",
         k,
-        (
+        [
             (
                 label,
-                errors(outputs, layer),
-                [errors(base, layer) for base in baselines],
+                next(stats),
+                [next(stats) for _ in baselines],
                 thresholds.ulp_floor * torch.finfo(dtype).eps,
                 layer,
                 range(len(oracle)),
             )
-            for label, (outputs, baselines, dtype) in tested.items()
+            for label, (_, baselines, dtype) in tested.items()
             for layer in layers
-        ),
+        ],
     )
     checks.verdict.notes.append(
         f"statistic: RMS error against the oracle, over the sequence and over its worst token, "
@@ -516,29 +517,32 @@ def context(
     """
     checks = _Checks(name)
     k = thresholds.context_ratio
-    weights = {layer: metrics.outlier_weights(ref) for layer, ref in oracle.items()}
-
-    def errors(difference, layer):
-        return metrics.segment_relative_errors(difference, oracle[layer],
-                                               [oracle[layer].shape[0]],
-                                               weights=weights[layer])
-
+    layers = sorted(oracle, key=layer_order)
+    refs = [oracle[layer] for layer in layers]
+    weights = [metrics.outlier_weights(ref) for ref in refs]
+    differences = []
+    for first, second, baselines, _ in paths.values():
+        for j, layer in enumerate(layers):
+            differences.append(([first[layer]], second[layer].double(), j))
+            differences += [([b[layer]], refs[j], j) for b in baselines]
+    stats = iter(metrics.batched_relative_errors(differences, refs, weights,
+                                                 [refs[0].shape[0]] if refs else []))
     _noise_bounds(
         checks,
         "context_ratio",
         k,
-        (
+        [
             (
                 label,
-                errors(first[layer].double() - second[layer].double(), layer),
-                [errors(b[layer].double() - oracle[layer], layer) for b in baselines],
+                next(stats),
+                [next(stats) for _ in baselines],
                 thresholds.ulp_floor * torch.finfo(dtype).eps,
                 layer,
                 [sequence],
             )
-            for label, (first, second, baselines, dtype) in paths.items()
-            for layer in sorted(oracle, key=layer_order)
-        ),
+            for label, (_, _, baselines, dtype) in paths.items()
+            for layer in layers
+        ],
     )
     checks.verdict.notes.append(
         f"statistic: RMS difference between the two contexts, over the sequence and over its "

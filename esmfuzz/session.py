@@ -377,7 +377,8 @@ def _spread_failure(harness: Harness, prop: str, sig: str, candidate: Sample) ->
 
 
 def _spent(now: dict | None, before: dict | None) -> dict:
-    """Seconds per kind of forward since ``before`` (with ``$ESMFUZZ_TIMINGS``)."""
+    """Seconds per kind of forward since ``before`` (with ``$ESMFUZZ_TIMINGS``; with
+    ``launches``, operations too: :mod:`esmfuzz.launches`)."""
     if now is None or before is None:
         return {}
     return {kind: now[kind] - before.get(kind, 0.0) for kind in now}

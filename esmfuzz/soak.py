@@ -25,7 +25,7 @@ from pathlib import Path
 from esmfuzz.config import option_value
 from esmfuzz.errors import EsmfuzzError
 
-__all__ = ["SoakError", "SoakRun", "parse_duration", "run_soak"]
+__all__ = ["SoakError", "SoakRun", "parse_duration", "run_soak", "worker_count"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STATS_EVERY = 30.0
@@ -107,7 +107,7 @@ the time at synthetic 650M (docs/performance.md), launching kernels for small pa
 faster than it can; several processes fill the gaps. Fewer where memory or cores run out."""
 
 
-def _workers(text: str, pytest_args: list[str]) -> tuple[int, str]:
+def worker_count(text: str, pytest_args: list[str]) -> tuple[int, str]:
     """The worker count, and why (``auto``: as many per GPU as memory, cores and
     :data:`PER_GPU` allow; one on a machine without a GPU)."""
     if text != "auto":
@@ -196,7 +196,7 @@ class _Runner:
         self.stopping = False
         self.stop_asked: float | None = None
         self.child: subprocess.Popen | None = None
-        self.workers, self.why_workers = _workers(run.workers, run.pytest_args)
+        self.workers, self.why_workers = worker_count(run.workers, run.pytest_args)
 
     # -- signals ------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -533,6 +533,6 @@ def run_soak(*, duration: str | None, workers: str = "1", database: str | None =
             raise SoakError(f"--run-dir {run_dir!r} already holds a run; --resume it, or "
                             f"choose another directory")
         args = list(pytest_args or [])
-        _workers(workers, args)
+        worker_count(workers, args)
         run = SoakRun(str(path.resolve()), seconds, workers, database, _corpus_of(args), args)
     return _Runner(run, out=out, progress_every=progress_every).main()

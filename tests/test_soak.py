@@ -120,10 +120,10 @@ def test_an_unreachable_database_stops_the_run_before_any_round(tmp_path, env, m
 
 
 def test_worker_counts():
-    from esmfuzz.soak import _workers
+    from esmfuzz.soak import worker_count
 
-    assert _workers("3", []) == (3, "as asked")
-    count, why = _workers("auto", ["--esm-device", "cpu"])
+    assert worker_count("3", []) == (3, "as asked")
+    count, why = worker_count("auto", ["--esm-device", "cpu"])
     assert count == 1 and "no GPU in use" in why
 
 
