@@ -19,6 +19,8 @@ __all__ = [
     "outlier_count",
     "outlier_weights",
     "batched_relative_errors",
+    "cosines",
+    "distribution",
     "relative_error_tensor",
     "relative_errors",
     "rank_correlation",
@@ -37,7 +39,8 @@ def _f64(x: torch.Tensor) -> torch.Tensor:
 
 
 def token_cosine(candidate: torch.Tensor, reference: torch.Tensor, *,
-                 scale: float | None = None, eps: float | None = None) -> torch.Tensor:
+                 scale: float | torch.Tensor | None = None,
+                 eps: float | None = None) -> torch.Tensor:
     """Cosine per token, [L]. Two zero vectors (``<mask>`` at layer 0) count as equal, and
     a vector within rounding of zero has no direction: a row whose norm is at most one ulp
     of the candidate's dtype times ``scale`` (default: the reference's largest row norm)
@@ -47,7 +50,7 @@ def token_cosine(candidate: torch.Tensor, reference: torch.Tensor, *,
     dot = (a * b).sum(-1)
     na, nb = a.norm(dim=-1), b.norm(dim=-1)
     if scale is None:
-        scale = float(nb.max()) if nb.numel() else 0.0
+        scale = nb.max() if nb.numel() else 0.0
     if eps is None:
         eps = _eps(candidate)
     floor = eps * scale
@@ -64,9 +67,21 @@ def residue_mean(x: torch.Tensor) -> torch.Tensor:
 def sequence_cosine(candidate: torch.Tensor, reference: torch.Tensor) -> float:
     """Cosine of the residue-mean embeddings (zero within rounding of the sequence's largest
     row, :func:`token_cosine`)."""
-    scale = float(_f64(reference).norm(dim=-1).max()) if reference.numel() else 0.0
-    return float(token_cosine(residue_mean(candidate)[None], residue_mean(reference)[None],
-                              scale=scale, eps=_eps(candidate))[0])
+    return float(_sequence_cosine(candidate, reference))
+
+
+def _sequence_cosine(candidate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    scale = _f64(reference).norm(dim=-1).max() if reference.numel() else 0.0
+    return token_cosine(residue_mean(candidate)[None], residue_mean(reference)[None],
+                        scale=scale, eps=_eps(candidate))[0]
+
+
+def cosines(candidate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``[sequence_cosine, smallest token cosine, its token]`` as one float64 tensor left on
+    the device: the precision oracle reads every sequence's and layer's back at once."""
+    cos = token_cosine(candidate, reference)
+    return torch.stack([_sequence_cosine(candidate, reference), cos.min(),
+                        cos.argmin().double()])
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -245,24 +260,51 @@ def relative_errors(difference: torch.Tensor, reference: torch.Tensor) -> tuple[
 
 
 def mean_abs_diff(candidate: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((_f64(candidate) - _f64(reference)).abs().mean())
+    return float(_mean_abs_diff(candidate, reference))
 
 
 def std_rel_diff(candidate: torch.Tensor, reference: torch.Tensor) -> float:
-    ref_std = _f64(reference).std()
-    return float((_f64(candidate).std() - ref_std).abs() / ref_std)
+    return float(_std_rel_diff(candidate, reference))
 
 
 def l2_norm_rel_diff(candidate: torch.Tensor, reference: torch.Tensor) -> float:
     """Largest relative difference of per-token L2 norms."""
-    a, b = _f64(candidate).norm(dim=-1), _f64(reference).norm(dim=-1)
-    return float(((a - b).abs() / b.clamp_min(torch.finfo(torch.float64).tiny)).max())
+    return float(_l2_norm_rel_diff(candidate, reference))
 
 
 def outlier_count(x: torch.Tensor, *, z: float = 3.0) -> int:
     """Number of values more than ``z`` standard deviations from the mean."""
+    return int(_outlier_count(x, z=z))
+
+
+def _mean_abs_diff(candidate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return (_f64(candidate) - _f64(reference)).abs().mean()
+
+
+def _std_rel_diff(candidate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    ref_std = _f64(reference).std()
+    return (_f64(candidate).std() - ref_std).abs() / ref_std
+
+
+def _l2_norm_rel_diff(candidate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    a, b = _f64(candidate).norm(dim=-1), _f64(reference).norm(dim=-1)
+    return ((a - b).abs() / b.clamp_min(torch.finfo(torch.float64).tiny)).max()
+
+
+def _outlier_count(x: torch.Tensor, *, z: float = 3.0) -> torch.Tensor:
     x = _f64(x)
-    return int(((x - x.mean()).abs() > z * x.std()).sum())
+    return ((x - x.mean()).abs() > z * x.std()).sum()
+
+
+def distribution(candidate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``[mean_abs_diff, std_rel_diff, l2_norm_rel_diff, outlier_count(candidate),
+    outlier_count(reference)]`` as one float64 tensor left on the device: the statistics
+    oracle reads every sequence's back at once."""
+    return torch.stack([
+        _mean_abs_diff(candidate, reference), _std_rel_diff(candidate, reference),
+        _l2_norm_rel_diff(candidate, reference),
+        _outlier_count(candidate).double(), _outlier_count(reference).double(),
+    ])
 
 
 def non_finite(x: torch.Tensor) -> int:

@@ -294,26 +294,16 @@ def precision(
 ) -> Verdict:
     """Residue-mean cosine and per-token minimum cosine of every sequence and layer."""
     checks = _Checks(name)
-    for s, (cand, ref) in enumerate(zip(candidate, reference, strict=True)):
-        for layer in sorted(ref, key=layer_order):
-            checks.check(
-                "sequence_cosine",
-                metrics.sequence_cosine(cand[layer], ref[layer]),
-                thresholds.sequence_cosine,
-                at_least=True,
-                layer=layer,
-                sequence=s,
-            )
-            cos = metrics.token_cosine(cand[layer], ref[layer])
-            checks.check(
-                "token_cosine_min",
-                float(cos.min()),
-                thresholds.token_cosine,
-                at_least=True,
-                layer=layer,
-                sequence=s,
-                token=int(cos.argmin()),
-            )
+    found = [(s, layer, metrics.cosines(cand[layer], ref[layer]))
+             for s, (cand, ref) in enumerate(zip(candidate, reference, strict=True))
+             for layer in sorted(ref, key=layer_order)]
+    # One read-back for every sequence and layer.
+    values = torch.stack([c for *_, c in found]).tolist() if found else []
+    for (s, layer, _), (sequence_cos, token_min, token) in zip(found, values):
+        checks.check("sequence_cosine", sequence_cos, thresholds.sequence_cosine,
+                     at_least=True, layer=layer, sequence=s)
+        checks.check("token_cosine_min", token_min, thresholds.token_cosine,
+                     at_least=True, layer=layer, sequence=s, token=int(token))
     return checks.done()
 
 
@@ -434,34 +424,46 @@ def error_ratio(
 def finite(candidates: Mapping[str, Outputs], reference: Outputs) -> Verdict:
     """No NaN/Inf in any candidate output where the reference is finite."""
     checks = _Checks("finite")
-    found = [
-        (label, s, layer, ~torch.isfinite(cand[layer]) & torch.isfinite(ref[layer]))
-        for label, outputs in candidates.items()
-        for s, (cand, ref) in enumerate(zip(outputs, reference, strict=True))
-        for layer in sorted(ref, key=layer_order)
-    ]
-    # One read-back for every sequence and layer: hundreds of sequences fill a crowded pack.
-    counts = torch.stack([bad.sum() for *_, bad in found]).tolist() if found else []
-    for (label, s, layer, bad), count in zip(found, counts):
-        checks.check(
-            "non_finite",
-            float(count),
-            0.0,
-            at_least=False,
-            layer=layer,
-            sequence=s,
-            token=int(bad.any(-1).nonzero()[0, 0]) if count else None,
-            label=f"{label}: ",
-        )
+    layers = sorted(reference[0], key=layer_order) if reference else []
+    bounds = [0]
+    for ref in reference:
+        bounds.append(bounds[-1] + (ref[layers[0]].shape[0] if layers else 0))
+    streams = {layer: torch.isfinite(torch.cat([ref[layer] for ref in reference]))
+               for layer in layers}
+    # Non-finite elements per row of every output, read back at once: hundreds of
+    # sequences fill a crowded pack.
+    keys = [(label, layer) for label in candidates for layer in layers]
+    counts = torch.stack([
+        (~torch.isfinite(torch.cat([out[layer] for out in candidates[label]]))
+         & streams[layer]).sum(-1)
+        for label, layer in keys
+    ]).tolist() if keys else []
+    rows = dict(zip(keys, counts))
+    for label in candidates:
+        for s in range(len(reference)):
+            for layer in layers:
+                per_row = rows[label, layer][bounds[s]:bounds[s + 1]]
+                count = sum(per_row)
+                checks.check(
+                    "non_finite",
+                    float(count),
+                    0.0,
+                    at_least=False,
+                    layer=layer,
+                    sequence=s,
+                    token=next(i for i, n in enumerate(per_row) if n) if count else None,
+                    label=f"{label}: ",
+                )
     return checks.done()
 
 
-def _distribution(c: torch.Tensor, r: torch.Tensor) -> dict[str, float]:
-    oc, orf = metrics.outlier_count(c), metrics.outlier_count(r)
+def _distribution(values: Sequence[float]) -> dict[str, float]:
+    """The statistics of one :func:`metrics.distribution`, read back."""
+    mean_abs, std_rel, l2_rel, oc, orf = values
     return {
-        "mean_abs_diff": metrics.mean_abs_diff(c, r),
-        "std_rel_diff": metrics.std_rel_diff(c, r),
-        "l2_norm_rel_diff": metrics.l2_norm_rel_diff(c, r),
+        "mean_abs_diff": mean_abs,
+        "std_rel_diff": std_rel,
+        "l2_norm_rel_diff": l2_rel,
         "outlier_rel_diff": abs(oc - orf) / max(orf, 16),
     }
 
@@ -485,12 +487,20 @@ def statistics(
     """
     checks = _Checks("statistics")
     k = thresholds.statistics_ratio
-    for label, outputs in candidates.items():
-        for s, (cand, ref) in enumerate(zip(outputs, reference, strict=True)):
-            r = ref[layer]
-            own = _distribution(baseline[s][layer], r) if baseline is not None else {}
-            for name, value in _distribution(cand[layer], r).items():
-                relaxed = k * own.get(name, 0.0)
+    pairs = [(out[layer], ref[layer])
+             for outputs in [*candidates.values(), *([baseline] if baseline is not None else [])]
+             for out, ref in zip(outputs, reference, strict=True)]
+    values = iter(torch.stack([metrics.distribution(c, r) for c, r in pairs]).tolist()
+                  if pairs else [])
+    own = [{}] * len(reference)
+    measured = {label: [_distribution(next(values)) for _ in outputs]
+                for label, outputs in candidates.items()}
+    if baseline is not None:
+        own = [_distribution(next(values)) for _ in baseline]
+    for label, rows in measured.items():
+        for s, row in enumerate(rows):
+            for name, value in row.items():
+                relaxed = k * own[s].get(name, 0.0)
                 bound = max(getattr(thresholds, name), relaxed if math.isfinite(relaxed) else 0.0)
                 checks.check(name, value, bound, at_least=False, layer=layer, sequence=s,
                              label=f"{label}: ")

@@ -521,3 +521,34 @@ def test_verdict_message_of_precision_failure():
         "at layer 4, sequence 0, token 2"
     )
     assert "first diverging layer: 4" in msg
+
+
+def test_batched_relative_errors_equal_each_difference_alone(monkeypatch):
+    """Stacked, chunked or alone, every difference's statistics are the same numbers, with
+    a NaN and an infinity among them."""
+    lengths = [3, 1, 6, 2]
+    rows = sum(lengths)
+    refs = [randn(rows, seed=10), randn(rows, seed=11)]
+    weights = [metrics.outlier_weights(r) for r in refs]
+    minuends = [randn(rows, seed=20 + i).to(torch.float16) for i in range(5)]
+    minuends[2][4, 1] = math.nan
+    minuends[3][9, 0] = math.inf
+    subtrahends = [refs[0], refs[1], refs[0], randn(rows, seed=30), refs[1]]
+    which = [0, 1, 0, 0, 1]
+    alone = [metrics.segment_relative_errors(m.double() - s, refs[i], lengths,
+                                             weights=weights[i])
+             for m, s, i in zip(minuends, subtrahends, which)]
+    differences = [([m[:5], m[5:]], s, i) for m, s, i in zip(minuends, subtrahends, which)]
+    for limit in (metrics.BATCH_ELEMENTS, 2 * rows * 8, 1):
+        monkeypatch.setattr(metrics, "BATCH_ELEMENTS", limit)
+        batched = metrics.batched_relative_errors(differences, refs, weights, lengths)
+        for got, want in zip(batched, alone):
+            assert torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_batched_relative_errors_refuse_outputs_of_the_wrong_length():
+    ref = randn(5, seed=1)
+    with pytest.raises(ValueError, match="4 rows for 1 difference"):
+        metrics.batched_relative_errors([([randn(4, seed=2)], ref, 0)], [ref],
+                                        [metrics.outlier_weights(ref)], [5])

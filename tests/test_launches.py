@@ -1,0 +1,74 @@
+"""Operation counts (:mod:`esmfuzz.launches`) and the throughput benchmark's summary."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+
+import pytest
+import torch
+
+from esmfuzz.config import Config
+from esmfuzz.harness import Harness
+from esmfuzz.launches import LaunchCounter
+from tests.conftest import REPO, SYNTHETIC_8M
+
+
+def test_computing_operations_count_and_views_do_not():
+    counts = Counter()
+    x = torch.randn(4, 4)
+    with LaunchCounter(counts) as counter:
+        y = x * 2
+        y.view(16), y.t(), y[1:], y.unsqueeze(0)
+        y.add_(1)
+        with counter.phase("oracle"):
+            x @ x
+        y.sum().item()
+    assert counts == {"launches checks": 3, "launches oracle": 1, "read-backs checks": 1}
+
+
+def test_a_check_counts_each_kind_of_forward(esmfuzz_cache, monkeypatch, one_cpu_thread):
+    monkeypatch.setenv("ESMFUZZ_TIMINGS", "launches")
+    harness = Harness(Config(model=SYNTHETIC_8M, device="cpu", dtype="float16"))
+    assert harness.check("error_ratio", ["MKTAYIAK", "GGS"]).ok
+    counts = {k: v for k, v in harness.timings.items() if k.startswith("launches")}
+    assert set(counts) == {"launches baselines", "launches oracle", "launches checks"}
+    # Six layers of a dozen kernels each, per forward; the statistics in a few batched calls.
+    assert counts["launches oracle"] > 6 * 12
+    assert counts["launches checks"] < counts["launches oracle"]
+    assert harness.timings["oracle"] > 0
+
+
+def _throughput():
+    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(number, rate, busy):
+    row = {"target": "error_ratio[short]", "examples_per_s": rate, "residues_per_s": 10 * rate,
+           "gpu_busy": busy, "per_example": {"launches oracle": 100.0 + number}}
+    return {"run": number, "model": SYNTHETIC_8M, "device_name": "cpu", "dtype": "float16",
+            "workers": 1, "workers_asked": "1", "targets": ["error_ratio and short"],
+            "seconds_per_target": 5.0, "rows": [row], "examples_per_s": rate,
+            "residues_per_s": 10 * rate, "gpu_busy": busy}
+
+
+def test_the_summary_is_the_median_and_range_of_the_runs():
+    summary = _throughput().summarize(
+        [_run(1, 4.0, 0.5), _run(2, 9.0, None), _run(3, 5.0, 0.7)], bound=100.0)
+    assert summary["runs"] == 3
+    assert summary["examples_per_s"] == {"median": 5.0, "min": 4.0, "max": 9.0}
+    assert summary["gpu_busy"] == {"median": pytest.approx(0.6), "min": 0.5, "max": 0.7}
+    assert summary["roofline"] == {"median": 0.5, "min": 0.4, "max": 0.9}
+    target = summary["per_target"]["error_ratio[short]"]
+    assert target["per_example"]["launches oracle"] == {"median": 102.0, "min": 101.0,
+                                                       "max": 103.0}
+
+
+def test_the_oracle_bound_counts_two_flop_per_parameter():
+    from esmfuzz.models import parse_spec
+
+    parameters = parse_spec(SYNTHETIC_8M).architecture.parameters
+    assert _throughput().oracle_bound(SYNTHETIC_8M, 2e12) == pytest.approx(1e12 / parameters)
