@@ -23,6 +23,7 @@ Examples::
     python benchmarks/throughput.py --model synthetic:esm2_t33_650M_UR50D --seconds 30
     python benchmarks/throughput.py --device cpu --seconds 20 --targets "error_ratio and short"
     python benchmarks/throughput.py --workers auto --seconds 15   # as esmfuzz soak --workers auto
+    python benchmarks/throughput.py --trees ../before . --runs 3  # before and after, alternated
 
 ``--timings`` waits for the GPU after every forward to attribute time, which costs the
 overlap of one forward with the next: measure utilization without it, attribution with it.
@@ -43,7 +44,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = REPO / "fuzz" / "test_properties.py"
 DEFAULT_TARGETS = (
     "error_ratio and short", "error_ratio and long", "error_ratio and crowded",
     "isolation and mixed", "packed_precision and medium", "finite and long",
@@ -82,11 +82,13 @@ class GpuSampler:
             self.process.terminate()
 
 
-def run(args, workers: int, number: int = 1) -> dict:
-    """One run: every selected target for ``args.seconds`` in one pytest session."""
+def run(args, workers: int, number: int = 1, tree: Path = REPO) -> dict:
+    """One run: every selected target for ``args.seconds`` in one pytest session, with the
+    esmfuzz and fuzz targets of the checkout ``tree``."""
     logs = Path(tempfile.mkdtemp(prefix="esmfuzz-throughput-"))
     select = " or ".join(f"({t})" for t in args.targets)
-    command = [sys.executable, "-m", "pytest", str(TARGETS), "-k", select, "-q",
+    command = [sys.executable, "-m", "pytest", str(tree / "fuzz" / "test_properties.py"),
+               "-k", select, "-q",
                "-p", "no:cacheprovider", "--rootdir", str(logs),
                "--esm-profile", "soak", "--esm-soak-slice", str(args.seconds),
                "--esm-soak-log", str(logs / "{worker}.json"),
@@ -96,7 +98,7 @@ def run(args, workers: int, number: int = 1) -> dict:
     if workers > 1:
         command += ["-n", str(workers)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+        p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)}
     env.pop("CI", None)
     if args.launches:
         env["ESMFUZZ_TIMINGS"] = "launches"
@@ -138,7 +140,7 @@ def run(args, workers: int, number: int = 1) -> dict:
     total = sum(r["examples"] for r in rows)
     residues = sum(t.get("residues", 0) for p in processes for t in p["targets"].values())
     return {
-        "run": number, "model": args.model, "device": args.device,
+        "run": number, "tree": str(tree), "model": args.model, "device": args.device,
         "device_name": processes[0].get("device", args.device), "dtype": args.dtype,
         "workers": workers, "workers_asked": args.workers, "targets": list(args.targets),
         "seconds_per_target": args.seconds, "timings": args.timings, "launches": args.launches,
@@ -217,7 +219,7 @@ def summarize(runs: list[dict], bound: float | None) -> dict:
             k: spread([row["per_example"].get(k, 0.0) for row in rows]) for k in counts}
     first = runs[0]
     return {
-        "summary": True, "runs": len(runs), "model": first["model"],
+        "summary": True, "runs": len(runs), "tree": first.get("tree"), "model": first["model"],
         "device_name": first["device_name"], "dtype": first["dtype"],
         "workers": first["workers"], "workers_asked": first["workers_asked"],
         "targets": first["targets"], "seconds_per_target": first["seconds_per_target"],
@@ -244,7 +246,7 @@ def _spread(figure, fmt="{:.2f}", scale=1.0) -> str:
 
 
 def show_run(result: dict) -> None:
-    print(f"run {result['run']}: {result['model']} on {result['device_name']}, "
+    print(f"run {result['run']} of {result['tree']}: {result['model']} on {result['device_name']}, "
           f"{result['dtype']}, {result['workers']} worker(s), "
           f"{result['seconds_per_target']:g} s per target"
           + (", forwards timed" if result["timings"] else "")
@@ -263,7 +265,8 @@ def show_run(result: dict) -> None:
 
 
 def show_summary(summary: dict, peak: tuple[float, str] | None) -> None:
-    print(f"\n{summary['runs']} run(s): {summary['model']} on {summary['device_name']}, "
+    print(f"\n{summary['runs']} run(s) of {summary['tree']}: {summary['model']} on "
+          f"{summary['device_name']}, "
           f"{summary['dtype']}, {summary['workers']} worker(s) (asked: "
           f"{summary['workers_asked']}), {summary['seconds_per_target']:g} s per target; "
           f"median (min-max)")
@@ -296,6 +299,9 @@ def main(argv=None) -> None:
                         help="pytest-xdist workers, or auto (as esmfuzz soak --workers auto)")
     parser.add_argument("--runs", type=int, default=3,
                         help="runs of the whole selection; figures are their median (min-max)")
+    parser.add_argument("--trees", nargs="+", type=Path, default=[REPO],
+                        help="checkouts to measure (default: this one); with several, their "
+                             "runs alternate, so drift of the machine falls on all alike")
     parser.add_argument("--timings", action="store_true", help="time each kind of forward")
     parser.add_argument("--launches", action="store_true",
                         help="count each kind of forward's operations (esmfuzz.launches)")
@@ -316,21 +322,23 @@ def main(argv=None) -> None:
         parser.error(str(exc))
     if args.workers == "auto":
         print(f"workers: {workers} ({why})")
-    runs = []
+    runs: dict[Path, list[dict]] = {tree: [] for tree in args.trees}
     for number in range(1, args.runs + 1):
-        result = run(args, workers, number)
-        show_run(result)
-        runs.append(result)
+        for tree in args.trees:
+            result = run(args, workers, number, tree.resolve())
+            show_run(result)
+            runs[tree].append(result)
+            if args.json:
+                with open(args.json, "a") as out:
+                    out.write(json.dumps(result) + "\n")
+    peak = None if args.no_roofline else peak_fp64(args.device)
+    for tree_runs in runs.values():
+        summary = summarize(tree_runs, oracle_bound(args.model, peak[0]) if peak else None)
+        summary["peak_fp64"] = peak and {"flops": peak[0], "how": peak[1]}
+        show_summary(summary, peak)
         if args.json:
             with open(args.json, "a") as out:
-                out.write(json.dumps(result) + "\n")
-    peak = None if args.no_roofline else peak_fp64(args.device)
-    summary = summarize(runs, oracle_bound(args.model, peak[0]) if peak else None)
-    summary["peak_fp64"] = peak and {"flops": peak[0], "how": peak[1]}
-    show_summary(summary, peak)
-    if args.json:
-        with open(args.json, "a") as out:
-            out.write(json.dumps(summary) + "\n")
+                out.write(json.dumps(summary) + "\n")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ class Harness:
 
     def _run_packed(self, impl, model, sequences: Sequence[str], layers, *,
                     role: str = "esmfuzz's packed reference") -> list[dict]:
-        kwargs = {"timeout": self._timeout(impl)}
+        kwargs = {"timeout": self._timeout(impl), "check_inputs": impl in self._mine}
         if isinstance(impl, PackedForward):
             kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
         return self._memo(
@@ -194,7 +194,7 @@ class Harness:
             model,
             self._owned(impl, role, lambda: run_padded(
                 impl, model, self.pair.alphabet, sequences, layers, bucketed=bucketed,
-                timeout=self._timeout(impl))),
+                timeout=self._timeout(impl), check_inputs=impl in self._mine)),
         )
 
     def _owned(self, impl, role: str, compute: Callable[[], list[dict]]):

@@ -40,7 +40,8 @@ def test_a_check_counts_each_kind_of_forward(esmfuzz_cache, monkeypatch, one_cpu
 
 
 def _throughput():
-    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+    path = REPO / "benchmarks" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("throughput", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
