@@ -25,7 +25,7 @@ from esmfuzz.alphabet import residue_count
 from esmfuzz.attention import select_backend, varlen_attention
 from esmfuzz.config import DEFAULT_PACKED, DEFAULT_PADDED, ConfigError, parse_implementation
 from esmfuzz.errors import EsmfuzzError
-from esmfuzz.packing import check_packed, pack, pad, position_ids, unpack
+from esmfuzz.packing import check_packed, pack, pad, position_ids
 from esmfuzz.properties import LOGITS, layer_order
 
 __all__ = [
@@ -496,7 +496,7 @@ def run_padded(
                     check_inputs=check_inputs)
         out = _collect(out, asked, layers, model, (len(sequences), tokens.shape[1]), "padded",
                        impl, device)
-    lengths = [int(n) for n in tokens.ne(alphabet.padding_idx).sum(1)]
+    lengths = tokens.ne(alphabet.padding_idx).sum(1).tolist()
     return [{layer: out[layer][i, :n] for layer in layers} for i, n in enumerate(lengths)]
 
 
@@ -522,7 +522,8 @@ def run_packed(
                     batch.max_seqlen, asked, check_inputs=check_inputs, **kwargs)
         out = _collect(out, asked, layers, model, (batch.tokens.numel(),), "packed", impl,
                        device)
-    per_layer = {layer: unpack(out[layer], batch.cu_seqlens) for layer in layers}
+    sizes = batch.cu_seqlens.diff().tolist()
+    per_layer = {layer: list(out[layer].split(sizes)) for layer in layers}
     return [{layer: per_layer[layer][i] for layer in layers} for i in range(len(sequences))]
 
 
