@@ -183,14 +183,9 @@ def oracle_bound(model: str, flops: float) -> float:
     and residue (the linear layers; attention's length-dependent part is left out, so the
     bound is high and the fraction of it reached is a lower bound)."""
     from esmfuzz.models import parse_spec
-    from esmfuzz.models.checkpoint import read_state
+    from esmfuzz.models.memory import parameters_of
 
-    spec = parse_spec(model)
-    if spec.architecture is not None:
-        parameters = spec.architecture.parameters
-    else:
-        parameters = sum(t.numel() for t in read_state(spec.path).values()
-                         if hasattr(t, "numel"))
+    parameters = parameters_of(parse_spec(model))
     return flops / (2 * parameters)
 
 

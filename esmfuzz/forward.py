@@ -522,8 +522,8 @@ def run_packed(
                     batch.max_seqlen, asked, check_inputs=check_inputs, **kwargs)
         out = _collect(out, asked, layers, model, (batch.tokens.numel(),), "packed", impl,
                        device)
-    sizes = batch.cu_seqlens.diff().tolist()
-    per_layer = {layer: list(out[layer].split(sizes)) for layer in layers}
+    lengths = batch.lengths
+    per_layer = {layer: list(out[layer].split(lengths)) for layer in layers}
     return [{layer: per_layer[layer][i] for layer in layers} for i in range(len(sequences))]
 
 

@@ -7,6 +7,7 @@ Outputs are per sequence: ``list[dict[layer, Tensor[L_i + 2, D]]]``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -425,9 +426,8 @@ def finite(candidates: Mapping[str, Outputs], reference: Outputs) -> Verdict:
     """No NaN/Inf in any candidate output where the reference is finite."""
     checks = _Checks("finite")
     layers = sorted(reference[0], key=layer_order) if reference else []
-    bounds = [0]
-    for ref in reference:
-        bounds.append(bounds[-1] + (ref[layers[0]].shape[0] if layers else 0))
+    bounds = [0, *itertools.accumulate(ref[layers[0]].shape[0] if layers else 0
+                                       for ref in reference)]
     streams = {layer: torch.isfinite(torch.cat([ref[layer] for ref in reference]))
                for layer in layers}
     # Non-finite elements per row of every output, read back at once: hundreds of

@@ -97,14 +97,14 @@ def one_copy_fits(spec: ModelSpec, device: torch.device, *,
     """(whether one float32 copy of ``spec`` fits the host and ``device`` now, within
     ``device_memory`` GiB of the device (0: all that is free), its bytes): the activation
     profile needs that alone, where the whole model triple may not fit."""
-    need = _parameters_of(spec) * 4
+    need = parameters_of(spec) * 4
     free = [_available(place) for place in {torch.device("cpu"), device}]
     if device_memory:
         free.append(int(device_memory * 2**30))
     return all(n is None or need <= n for n in free), need
 
 
-def _parameters_of(spec: ModelSpec) -> int:
+def parameters_of(spec: ModelSpec) -> int:
     """Counted from the checkpoint's tensors (memory-mapped, nothing read): real files hold
     float32 or float16 weights, so the file size alone is off by up to 2x."""
     if spec.architecture is not None:
@@ -145,7 +145,7 @@ def estimate_memory(
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     device = torch.device(device)
-    params = _parameters_of(spec)
+    params = parameters_of(spec)
     arch = spec.architecture or Architecture(1, 1280, 20)
     copies = {"reference float32": params * 4,
               f"candidate {dtype_name(dtype)}": params * _BYTES[dtype]}
