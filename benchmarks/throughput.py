@@ -82,7 +82,7 @@ class GpuSampler:
             self.process.terminate()
 
 
-def run(args, workers: int, number: int = 1, tree: Path = REPO) -> dict:
+def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) -> dict:
     """One run: every selected target for ``args.seconds`` in one pytest session, with the
     esmfuzz and fuzz targets of the checkout ``tree``."""
     logs = Path(tempfile.mkdtemp(prefix="esmfuzz-throughput-"))
@@ -97,7 +97,7 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO) -> dict:
                *args.pytest_args]
     if workers > 1:
         command += ["-n", str(workers)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    env = {**os.environ, **(sharing.env if sharing else {}), "PYTHONPATH": os.pathsep.join(
         p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)}
     env.pop("CI", None)
     if args.launches:
@@ -143,6 +143,7 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO) -> dict:
         "run": number, "tree": str(tree), "model": args.model, "device": args.device,
         "device_name": processes[0].get("device", args.device), "dtype": args.dtype,
         "workers": workers, "workers_asked": args.workers, "targets": list(args.targets),
+        "sharing": sharing.why if sharing else None,
         "seconds_per_target": args.seconds, "timings": args.timings, "launches": args.launches,
         "rows": rows, "examples": total, "examples_per_s": total / span,
         "residues_per_s": residues / span, "gpu_busy": sampler.busy(*active),
@@ -217,7 +218,8 @@ def summarize(runs: list[dict], bound: float | None) -> dict:
         "summary": True, "runs": len(runs), "tree": first.get("tree"), "model": first["model"],
         "device_name": first["device_name"], "dtype": first["dtype"],
         "workers": first["workers"], "workers_asked": first["workers_asked"],
-        "targets": first["targets"], "seconds_per_target": first["seconds_per_target"],
+        "sharing": first.get("sharing"), "targets": first["targets"],
+        "seconds_per_target": first["seconds_per_target"],
         "oracle_bound_residues_per_s": bound, **figures, "per_target": per_target,
     }
 
@@ -242,7 +244,7 @@ def _spread(figure, fmt="{:.2f}", scale=1.0) -> str:
 
 def show_run(result: dict) -> None:
     print(f"run {result['run']} of {result['tree']}: {result['model']} on {result['device_name']}, "
-          f"{result['dtype']}, {result['workers']} worker(s), "
+          f"{result['dtype']}, {result['workers']} worker(s) ({result['sharing']}), "
           f"{result['seconds_per_target']:g} s per target"
           + (", forwards timed" if result["timings"] else "")
           + (", operations counted" if result["launches"] else ""))
@@ -263,7 +265,8 @@ def show_summary(summary: dict, peak: tuple[float, str] | None) -> None:
     print(f"\n{summary['runs']} run(s) of {summary['tree']}: {summary['model']} on "
           f"{summary['device_name']}, "
           f"{summary['dtype']}, {summary['workers']} worker(s) (asked: "
-          f"{summary['workers_asked']}), {summary['seconds_per_target']:g} s per target; "
+          f"{summary['workers_asked']}; {summary['sharing']}), "
+          f"{summary['seconds_per_target']:g} s per target; "
           f"median (min-max)")
     print(f"  examples/s  {_spread(summary['examples_per_s'])}")
     print(f"  residues/s  {_spread(summary['residues_per_s'], '{:.0f}')}")
@@ -292,6 +295,8 @@ def main(argv=None) -> None:
                         help="pytest -k expressions, one per target")
     parser.add_argument("--workers", default="1",
                         help="pytest-xdist workers, or auto (as esmfuzz soak --workers auto)")
+    parser.add_argument("--mps", default="auto", choices=("auto", "on", "off"),
+                        help="CUDA MPS for workers sharing a GPU, as esmfuzz soak --mps")
     parser.add_argument("--runs", type=int, default=3,
                         help="runs of the whole selection; figures are their median (min-max)")
     parser.add_argument("--trees", nargs="+", type=Path, default=[REPO],
@@ -317,15 +322,21 @@ def main(argv=None) -> None:
         parser.error(str(exc))
     if args.workers == "auto":
         print(f"workers: {workers} ({why})")
+    from esmfuzz.mps import mps_for
+    from esmfuzz.soak import gpu_count
+
+    per_gpu = 1 if args.device == "cpu" else -(-workers // gpu_count())
     runs: dict[Path, list[dict]] = {tree: [] for tree in args.trees}
-    for number in range(1, args.runs + 1):
-        for tree in args.trees:
-            result = run(args, workers, number, tree.resolve())
-            show_run(result)
-            runs[tree].append(result)
-            if args.json:
-                with open(args.json, "a") as out:
-                    out.write(json.dumps(result) + "\n")
+    with mps_for(per_gpu, args.mps) as sharing:
+        print(f"sharing: {sharing.why}")
+        for number in range(1, args.runs + 1):
+            for tree in args.trees:
+                result = run(args, workers, number, tree.resolve(), sharing)
+                show_run(result)
+                runs[tree].append(result)
+                if args.json:
+                    with open(args.json, "a") as out:
+                        out.write(json.dumps(result) + "\n")
     peak = None if args.no_roofline else peak_fp64(args.device)
     for tree_runs in runs.values():
         summary = summarize(tree_runs, oracle_bound(args.model, peak[0]) if peak else None)

@@ -211,7 +211,8 @@ def cmd_soak(args) -> int:
     from esmfuzz.soak import run_soak
 
     return run_soak(duration=args.duration, workers=args.workers, database=args.database,
-                    run_dir=args.run_dir, resume=args.resume, pytest_args=args.pytest_args)
+                    mps=args.mps, run_dir=args.run_dir, resume=args.resume,
+                    pytest_args=args.pytest_args)
 
 
 def cmd_report(args) -> int:
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                       "how much longer)")
     soak.add_argument("--workers", default="1", help="pytest-xdist workers, one GPU each "
                       "(cuda:i %% n): a number, or auto for one per GPU (default 1)")
+    soak.add_argument("--mps", default="auto", choices=("auto", "on", "off"),
+                      help="CUDA MPS for workers sharing a GPU, so their kernels run side by "
+                      "side: auto starts a private daemon when several share one (default)")
     soak.add_argument("--database", help="Hypothesis example database shared by machines: a "
                       "directory, or redis://host:port/db")
     soak.add_argument("--run-dir", help="where statistics and logs go (default: a new "

@@ -25,7 +25,7 @@ from pathlib import Path
 from esmfuzz.config import option_value
 from esmfuzz.errors import EsmfuzzError
 
-__all__ = ["SoakError", "SoakRun", "parse_duration", "run_soak", "worker_count"]
+__all__ = ["SoakError", "SoakRun", "gpu_count", "parse_duration", "run_soak", "worker_count"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STATS_EVERY = 30.0
@@ -64,6 +64,8 @@ class SoakRun:
     duration: float
     workers: str = "1"
     database: str | None = None
+    mps: str = "auto"
+    """CUDA MPS for workers sharing a GPU (:mod:`esmfuzz.mps`): auto, on or off."""
     corpus: str = "corpus"
     pytest_args: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
@@ -130,6 +132,13 @@ def worker_count(text: str, pytest_args: list[str]) -> tuple[int, str]:
                             f"{cores} cores and memory for {fit} model set(s) per GPU)")
 
 
+def gpu_count() -> int:
+    """GPUs the workers spread over (at least 1, so a CPU run shares nothing)."""
+    import torch
+
+    return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
 def _fitting(pytest_args: list[str]) -> int:
     """How many processes' model copies fit on one GPU, by esmfuzz's memory estimate."""
     import torch
@@ -140,7 +149,7 @@ def _fitting(pytest_args: list[str]) -> int:
     estimate = estimate_memory(spec, device="cuda:0",
                                oracle_dtype=option_value(pytest_args, "oracle-dtype"),
                                dtype=option_value(pytest_args, "dtype"))
-    _, total = torch.cuda.mem_get_info(0)
+    total = torch.cuda.get_device_properties(0).total_memory  # no CUDA context here: MPS
     return max(1, int(0.9 * total // estimate.device_bytes))
 
 
@@ -197,6 +206,8 @@ class _Runner:
         self.stop_asked: float | None = None
         self.child: subprocess.Popen | None = None
         self.workers, self.why_workers = worker_count(run.workers, run.pytest_args)
+        self.env = dict(os.environ)
+        self.why_sharing = ""
 
     # -- signals ------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -213,6 +224,11 @@ class _Runner:
                 os.killpg(self.child.pid, sig)
             except ProcessLookupError:
                 pass
+
+    def _per_gpu(self) -> int:
+        if option_value(self.run.pytest_args, "device") == "cpu":
+            return 1
+        return -(-self.workers // gpu_count())
 
     # -- rounds -------------------------------------------------------------------------
     def _count_targets(self) -> int:
@@ -255,9 +271,14 @@ class _Runner:
         return command
 
     def main(self) -> int:
+        from esmfuzz.mps import mps_for
+
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return self._rounds()
+            with mps_for(self._per_gpu(), self.run.mps) as sharing:
+                self.env = {**os.environ, **sharing.env}
+                self.why_sharing = sharing.why
+                return self._rounds()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -271,7 +292,8 @@ class _Runner:
         self.run.save()
         targets = self._count_targets()
         self._say(f"esmfuzz soak: {targets} targets, {self.workers} worker(s) "
-                  f"({self.why_workers}), {_clock(self.remaining())} to go; "
+                  f"({self.why_workers}; {self.why_sharing}), {_clock(self.remaining())} "
+                  f"to go; "
                   f"run directory {self.dir}")
         while self.remaining() > 0 and not self.stopping:
             per_worker = max(1, -(-targets // self.workers))
@@ -300,7 +322,7 @@ class _Runner:
         began = time.monotonic()
         elapsed_before = self.run.elapsed
         self.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True,
+                                      env=self.env, start_new_session=True,
                                       preexec_fn=_dies_with(os.getpid()))
         last_stats = last_progress = 0.0
         deadline_hit = False
@@ -513,10 +535,14 @@ def _clock(seconds: float) -> str:
 
 
 def run_soak(*, duration: str | None, workers: str = "1", database: str | None = None,
-             run_dir: str | None = None, resume: str | None = None,
+             mps: str = "auto", run_dir: str | None = None, resume: str | None = None,
              pytest_args: list[str] | None = None, out=sys.stdout,
              progress_every: float | None = None) -> int:
     """Start (or resume) a soak run; returns the exit status."""
+    from esmfuzz.mps import MODES
+
+    if mps not in MODES:
+        raise SoakError(f"--mps {mps!r} must be one of {', '.join(MODES)}")
     if resume:
         run = SoakRun.load(resume)
         if run.state == "finished" and run.elapsed >= run.duration and not duration:
@@ -534,5 +560,6 @@ def run_soak(*, duration: str | None, workers: str = "1", database: str | None =
                             f"choose another directory")
         args = list(pytest_args or [])
         worker_count(workers, args)
-        run = SoakRun(str(path.resolve()), seconds, workers, database, _corpus_of(args), args)
+        run = SoakRun(str(path.resolve()), seconds, workers, database, mps, _corpus_of(args),
+                      args)
     return _Runner(run, out=out, progress_every=progress_every).main()
