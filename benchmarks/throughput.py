@@ -285,6 +285,28 @@ def show_summary(summary: dict, peak: tuple[float, str] | None) -> None:
             print(f"  {'':<{width}}{key} per example: {_spread(figure, '{:.0f}')}")
 
 
+def summarize_files(paths: list[str]) -> None:
+    """The summary of every group of runs in ``paths``, with the median float64 peak that
+    their invocations measured (if any) for the roofline."""
+    lines = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines()
+             if line.strip()]
+    peaks = [line["peak_fp64"] for line in lines if line.get("summary") and line.get("peak_fp64")]
+    peak = None
+    if peaks:
+        flops = statistics.median(p["flops"] for p in peaks)
+        peak = (flops, f"{peaks[0]['how']}; median of {len(peaks)} invocations")
+    groups: dict[tuple, list[dict]] = {}
+    for line in lines:
+        if not line.get("summary"):
+            key = (line["tree"], line["model"], line["device_name"], line["dtype"],
+                   line["workers"], line.get("sharing"), line["seconds_per_target"],
+                   tuple(line["targets"]), line["timings"], line["launches"])
+            groups.setdefault(key, []).append(line)
+    for group in groups.values():
+        bound = oracle_bound(group[0]["model"], peak[0]) if peak else None
+        show_summary(summarize(group, bound), peak)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="synthetic:esm2_t6_8M_UR50D")
@@ -308,8 +330,15 @@ def main(argv=None) -> None:
     parser.add_argument("--no-roofline", action="store_true",
                         help="skip measuring the device's float64 matmul peak")
     parser.add_argument("--json", help="append each run and the summary as JSON lines here")
+    parser.add_argument("--summarize", nargs="+", metavar="JSONL",
+                        help="run nothing: summarize the runs in these --json files, grouped by "
+                             "checkout, model, workers and sharing (runs taken in separate "
+                             "invocations, e.g. before and after with different --mps)")
     parser.add_argument("pytest_args", nargs="*", help="more pytest options, after --")
     args = parser.parse_args(argv)
+    if args.summarize:
+        summarize_files(args.summarize)
+        return
     if args.runs < 1:
         parser.error(f"--runs {args.runs} must be at least 1")
     from esmfuzz.soak import worker_count
@@ -317,7 +346,8 @@ def main(argv=None) -> None:
     try:
         workers, why = worker_count(args.workers, ["--esm-model", args.model,
                                                    "--esm-device", args.device,
-                                                   "--esm-dtype", args.dtype, *args.pytest_args])
+                                                   "--esm-dtype", args.dtype, *args.pytest_args],
+                                     args.mps)
     except Exception as exc:
         parser.error(str(exc))
     if args.workers == "auto":

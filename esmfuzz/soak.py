@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,14 +105,19 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 PER_GPU = 4
-"""Workers sharing one GPU under ``--workers auto``: one process keeps an H200 busy 41% of
-the time at synthetic 650M (docs/performance.md), launching kernels for small packs
-faster than it can; several processes fill the gaps. Fewer where memory or cores run out."""
+"""Workers sharing one GPU under ``--workers auto`` when they time-slice it: one process
+keeps an H200 busy 41% of the time at synthetic 650M (docs/performance.md), launching
+kernels for small packs faster than it can; several processes fill the gaps, and past 4
+only wait their turn. Fewer where memory or cores run out."""
+
+PER_GPU_MPS = 8
+"""The same under CUDA MPS (:mod:`esmfuzz.mps`), where their kernels run side by side."""
 
 
-def worker_count(text: str, pytest_args: list[str]) -> tuple[int, str]:
+def worker_count(text: str, pytest_args: list[str], mps: str = "auto") -> tuple[int, str]:
     """The worker count, and why (``auto``: as many per GPU as memory, cores and
-    :data:`PER_GPU` allow; one on a machine without a GPU)."""
+    :data:`PER_GPU` allow, :data:`PER_GPU_MPS` where ``mps`` may start a daemon; one on a
+    machine without a GPU)."""
     if text != "auto":
         try:
             count = int(text)
@@ -127,9 +133,11 @@ def worker_count(text: str, pytest_args: list[str]) -> tuple[int, str]:
         return 1, "auto: no GPU in use, one worker (a CPU forward uses every core already)"
     cores = max(1, (os.cpu_count() or 1) // gpus)
     fit = _fitting(pytest_args)
-    per_gpu = max(1, min(PER_GPU, cores, fit))
-    return gpus * per_gpu, (f"auto: {per_gpu} per GPU on {gpus} GPU(s) (at most {PER_GPU}; "
-                            f"{cores} cores and memory for {fit} model set(s) per GPU)")
+    cap = PER_GPU_MPS if mps != "off" and shutil.which("nvidia-cuda-mps-control") else PER_GPU
+    per_gpu = max(1, min(cap, cores, fit))
+    return gpus * per_gpu, (f"auto: {per_gpu} per GPU on {gpus} GPU(s) (at most {cap}"
+                            f"{' under MPS' if cap == PER_GPU_MPS else ''}; {cores} cores and "
+                            f"memory for {fit} model set(s) per GPU)")
 
 
 def gpu_count() -> int:
@@ -205,7 +213,7 @@ class _Runner:
         self.stopping = False
         self.stop_asked: float | None = None
         self.child: subprocess.Popen | None = None
-        self.workers, self.why_workers = worker_count(run.workers, run.pytest_args)
+        self.workers, self.why_workers = worker_count(run.workers, run.pytest_args, run.mps)
         self.env = dict(os.environ)
         self.why_sharing = ""
 

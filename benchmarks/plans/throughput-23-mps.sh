@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# Issue 23, first GPU call: does CUDA MPS let workers that share the H200 run side by side?
-# One run each, 650M, 5 s per target, the issue's mix; then the before tree at 4 workers.
-#   bash benchmarks/plans/throughput-23-mps.sh        (carry [".whl"], as throughput-23.sh)
+# Issue 23 on one GPU, 650M: before (main at 5a31352, its auto: 4 workers time-slicing) and
+# after (auto: up to 8 workers under a private CUDA MPS daemon), alternated, 3 runs each;
+# then one run each of 4 workers under MPS and 8 time-slicing, to tell the two apart.
+# Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
+#             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
+# There (carry [".whl"]):  bash benchmarks/plans/throughput-23-mps.sh [PART]
 set -uo pipefail
+part=${1:-650M}
 out=${OUT:-/tmp/throughput-23}; mkdir -p "$out"
 pip install -q --no-deps .whl/fair_esm-*.whl 2>/dev/null; pip install -q --no-deps -e . 2>/dev/null
 export ESMFUZZ_CACHE=${ESMFUZZ_CACHE:-/tmp/esmfuzz-cache} PYTHONUNBUFFERED=1
 command -v nvidia-cuda-mps-control || echo "no nvidia-cuda-mps-control"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 MIX=("error_ratio and short" "error_ratio and long" "error_ratio and crowded"
      "isolation and mixed" "packed_precision and medium" "finite and long" "statistics"
      "padding_invariance")
-M650=synthetic:esm2_t33_650M_UR50D
-b() { python benchmarks/throughput.py --device cuda --model $M650 --seconds 5 --runs 1 \
-        --no-roofline --json "$out/mps.jsonl" --targets "${MIX[@]}" "$@" 2>&1 \
-      | grep -v "^  .* per example" | tee -a "$out/mps.txt"; }
-b --workers 1
-b --workers 4 --mps off
-b --workers 4 --mps on
-b --workers 8 --mps on
-b --workers 8 --mps off
-b --workers 4 --mps off --trees .whl/before
+ckpt() { python -c "from esmfuzz.models.synthetic import synthetic_checkpoint as c; c('$1')"; }
+b() { python benchmarks/throughput.py --device cuda --runs 1 --json "$out/$part.jsonl" \
+        --targets "${MIX[@]}" "$@" 2>&1 | grep -v "^  .* per example" | tee -a "$out/$part.txt"; }
+case $part in
+    650M) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
+          ckpt esm2_t33_650M_UR50D
+          for i in 1 2 3; do
+              b "${M[@]}" --trees .whl/before --workers 4 --mps off
+              b "${M[@]}" --workers auto
+          done
+          b "${M[@]}" --workers 4 --mps on
+          b "${M[@]}" --workers 8 --mps off ;;
+    650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
+          ckpt esm2_t33_650M_UR50D
+          b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
+    8M)   M=(--seconds 3)
+          for i in 1 2 3; do
+              b "${M[@]}" --trees .whl/before --workers 4 --mps off
+              b "${M[@]}" --workers auto
+          done
+          b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
+esac
+python benchmarks/throughput.py --summarize "$out/$part.jsonl" 2>&1 | tee "$out/$part-summary.txt"
