@@ -125,6 +125,7 @@ def test_worker_counts():
     assert worker_count("3", []) == (3, "as asked")
     count, why = worker_count("auto", ["--esm-device", "cpu"])
     assert count == 1 and "no GPU in use" in why
+    assert worker_count("auto", ["--esm-device", "cpu"], "off")[0] == 1
 
 
 # --- a correct implementation: progress, statistics, report ---------------------------
@@ -141,7 +142,7 @@ def clean_soak(tmp_path_factory, env):
 
 def test_soak_shows_progress_and_ends_with_a_summary(clean_soak):
     root, out = clean_soak
-    assert "esmfuzz soak: 2 targets, 1 worker(s) (as asked)" in out, out
+    assert "esmfuzz soak: 2 targets, 1 worker(s) (as asked; no GPU shared by processes, no MPS)" in out, out
     assert "esmfuzz soak finished after" in out and "0 failure(s) saved" in out, out
     summary = out.split("esmfuzz soak finished", 1)[1]
     for target in ("error_ratio[short]", "isolation[mixed]"):
