@@ -142,7 +142,8 @@ def clean_soak(tmp_path_factory, env):
 
 def test_soak_shows_progress_and_ends_with_a_summary(clean_soak):
     root, out = clean_soak
-    assert "esmfuzz soak: 2 targets, 1 worker(s) (as asked; no GPU shared by processes, no MPS)" in out, out
+    assert ("esmfuzz soak: 2 targets, 1 worker(s) (as asked; no GPU shared by processes, "
+            "no MPS)") in out, out
     assert "esmfuzz soak finished after" in out and "0 failure(s) saved" in out, out
     summary = out.split("esmfuzz soak finished", 1)[1]
     for target in ("error_ratio[short]", "isolation[mixed]"):
