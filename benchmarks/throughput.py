@@ -96,7 +96,7 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) ->
                "--esm-corpus", str(logs / "corpus"), "--esm-database", str(logs / "examples"),
                *args.pytest_args]
     if workers > 1:
-        command += ["-n", str(workers)]
+        command += ["-n", str(workers), "--dist", args.dist]
     env = {**os.environ, **(sharing.env if sharing else {}), "PYTHONPATH": os.pathsep.join(
         p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)}
     env.pop("CI", None)
@@ -143,6 +143,7 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) ->
         "run": number, "tree": str(tree), "model": args.model, "device": args.device,
         "device_name": processes[0].get("device", args.device), "dtype": args.dtype,
         "workers": workers, "workers_asked": args.workers, "targets": list(args.targets),
+        "dist": args.dist if workers > 1 else None,
         "sharing": sharing.why if sharing else None,
         "seconds_per_target": args.seconds, "timings": args.timings, "launches": args.launches,
         "rows": rows, "examples": total, "examples_per_s": total / span,
@@ -218,7 +219,7 @@ def summarize(runs: list[dict], bound: float | None) -> dict:
         "summary": True, "runs": len(runs), "tree": first.get("tree"), "model": first["model"],
         "device_name": first["device_name"], "dtype": first["dtype"],
         "workers": first["workers"], "workers_asked": first["workers_asked"],
-        "sharing": first.get("sharing"), "targets": first["targets"],
+        "sharing": first.get("sharing"), "dist": first.get("dist"), "targets": first["targets"],
         "seconds_per_target": first["seconds_per_target"],
         "oracle_bound_residues_per_s": bound, **figures, "per_target": per_target,
     }
@@ -244,7 +245,8 @@ def _spread(figure, fmt="{:.2f}", scale=1.0) -> str:
 
 def show_run(result: dict) -> None:
     print(f"run {result['run']} of {result['tree']}: {result['model']} on {result['device_name']}, "
-          f"{result['dtype']}, {result['workers']} worker(s) ({result['sharing']}), "
+          f"{result['dtype']}, {result['workers']} worker(s) ({result['sharing']}"
+          + (f"; --dist {result['dist']}" if result.get("dist") else "") + "), "
           f"{result['seconds_per_target']:g} s per target"
           + (", forwards timed" if result["timings"] else "")
           + (", operations counted" if result["launches"] else ""))
@@ -265,7 +267,8 @@ def show_summary(summary: dict, peak: tuple[float, str] | None) -> None:
     print(f"\n{summary['runs']} run(s) of {summary['tree']}: {summary['model']} on "
           f"{summary['device_name']}, "
           f"{summary['dtype']}, {summary['workers']} worker(s) (asked: "
-          f"{summary['workers_asked']}; {summary['sharing']}), "
+          f"{summary['workers_asked']}; {summary['sharing']}"
+          + (f"; --dist {summary['dist']}" if summary.get("dist") else "") + "), "
           f"{summary['seconds_per_target']:g} s per target; "
           f"median (min-max)")
     print(f"  examples/s  {_spread(summary['examples_per_s'])}")
@@ -299,7 +302,8 @@ def summarize_files(paths: list[str]) -> None:
     for line in lines:
         if not line.get("summary"):
             key = (line["tree"], line["model"], line["device_name"], line["dtype"],
-                   line["workers"], line.get("sharing"), line["seconds_per_target"],
+                   line["workers"], line.get("dist"),
+                   line.get("sharing"), line["seconds_per_target"],
                    tuple(line["targets"]), line["timings"], line["launches"])
             groups.setdefault(key, []).append(line)
     for group in groups.values():
@@ -319,6 +323,10 @@ def main(argv=None) -> None:
                         help="pytest-xdist workers, or auto (as esmfuzz soak --workers auto)")
     parser.add_argument("--mps", default="auto", choices=("auto", "on", "off"),
                         help="CUDA MPS for workers sharing a GPU, as esmfuzz soak --mps")
+    parser.add_argument("--dist", default="each", choices=("each", "load"),
+                        help="with several workers: each runs every target (as esmfuzz soak "
+                             "does since issue 23), or load: each target once, on one worker "
+                             "(as it did before)")
     parser.add_argument("--runs", type=int, default=3,
                         help="runs of the whole selection; figures are their median (min-max)")
     parser.add_argument("--trees", nargs="+", type=Path, default=[REPO],

@@ -124,7 +124,26 @@ def _start(config: pytest.Config) -> Session:
                                  log_path=run.get("soak-log"), worker=worker,
                                  runs_examples=not controller))
     config.stash[_SESSION] = session
+    workerinput = getattr(config, "workerinput", {})
+    if profile == "soak" and workerinput.get("esmfuzz_dist") == "each":
+        config.pluginmanager.register(_Rotation(workerinput), "esmfuzz-rotation")
     return session
+
+
+class _Rotation:
+    """Under the soak profile with ``--dist each`` (every worker runs every target, as
+    ``esmfuzz soak`` asks), worker *i* of *n* starts *i/n* of the way down the selected
+    targets: all workers stay busy for the whole round, and at any moment they fuzz
+    different targets rather than the same one side by side."""
+
+    def __init__(self, workerinput: dict):
+        self.index = int(str(workerinput.get("workerid", "gw0")).removeprefix("gw"))
+        self.count = max(1, int(workerinput.get("workercount", 1)))
+
+    @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        start = self.index * len(items) // self.count
+        items[:] = items[start:] + items[:start]
 
 
 def _parsed(name: str, value: object) -> object:
@@ -181,6 +200,7 @@ def pytest_configure_node(node) -> None:
     session = node.config.stash.get(_SESSION, None)
     if session is not None:
         node.workerinput["esmfuzz"] = "1"
+        node.workerinput["esmfuzz_dist"] = node.config.option.dist  # workers see "no"
         if session.claims is not None:
             node.workerinput["esmfuzz_claims"] = str(session.claims.directory)
             return

@@ -1,7 +1,9 @@
 """``esmfuzz soak``: the fuzz targets under the soak profile until time is up or a stop.
 
-No scheduler of its own: each round is one ``pytest`` run of the fuzz targets
-(pytest-xdist workers for several GPUs), each target fuzzing for a time slice; rounds
+No scheduler of its own: each round is one ``pytest`` run of the fuzz targets, each
+target fuzzing for a time slice; with several pytest-xdist workers (for several GPUs, or
+several processes sharing one under MPS) every worker runs every target (``--dist each``),
+each starting at another point of the list, so none idles while others finish. Rounds
 repeat until the duration is spent. Hypothesis's example database (a directory or Redis)
 carries what a round learnt to the next and to other machines; the corpus and the claims
 in it make each bug shrunk and saved once. Each process writes its statistics
@@ -275,7 +277,7 @@ class _Runner:
         command = [*self._pytest(), "--esm-soak-slice", f"{slice_seconds:g}",
                    "--esm-soak-log", str(log)]
         if self.workers > 1:
-            command += ["-n", str(self.workers)]
+            command += ["-n", str(self.workers), "--dist", "each"]
         return command
 
     def main(self) -> int:
@@ -304,8 +306,7 @@ class _Runner:
                   f"to go; "
                   f"run directory {self.dir}")
         while self.remaining() > 0 and not self.stopping:
-            per_worker = max(1, -(-targets // self.workers))
-            slice_seconds = min(600.0, max(5.0, self.remaining() / per_worker))
+            slice_seconds = min(600.0, max(5.0, self.remaining() / targets))
             self._round(slice_seconds)
             self.run.rounds += 1
             self.run.save()

@@ -412,3 +412,37 @@ def test_two_processes_share_one_database_and_one_corpus(kind, tmp_path, env, re
         assert keys, "the processes wrote nothing to the shared Redis database"
     else:
         assert any((tmp_path / "examples").rglob("*")), "nothing in the shared directory"
+
+
+# --- several workers: every worker runs every target, from another starting point -------
+
+
+def test_two_workers_each_run_every_target_from_another_start(tmp_path, env):
+    """``esmfuzz soak --workers 2`` runs ``--dist each``: no worker idles while the other
+    finishes a round, and at any moment they fuzz different targets (here, each worker's
+    first slice is a different target)."""
+    root = tmp_path
+    out = finish(soak(root, env, "--run-dir", str(root / "run"), "--workers", "2",
+                      duration="20s", select="(error_ratio and short) or (isolation and mixed)",
+                      options=("--esm-packed-impl", "tests.impls.packed:loop_packed")))
+    assert "2 worker(s) (as asked; no GPU shared by processes, no MPS)" in out, out
+    command = (root / "run" / "pytest-round-0.log").read_text().splitlines()[0]
+    assert " -n 2 --dist each" in command, command
+    logs = {p.stem.rsplit("-", 1)[1]: json.loads(p.read_text())
+            for p in (root / "run" / "logs").glob("round-0-gw*.json")}
+    assert sorted(logs) == ["gw0", "gw1"], out
+    first = {}
+    for worker, log in logs.items():
+        targets = log["targets"]
+        first[worker] = min(targets, key=lambda name: targets[name]["began"][0])
+        assert targets[first[worker]]["examples"] > 0, (worker, targets)
+    assert first == {"gw0": "error_ratio[short]", "gw1": "isolation[mixed]"}, first
+
+
+def test_rotation_starts_worker_i_of_n_at_i_over_n():
+    from esmfuzz.plugin import _Rotation
+
+    for worker, expected in [("gw0", "abcdefgh"), ("gw1", "cdefghab"), ("gw3", "ghabcdef")]:
+        items = list("abcdefgh")
+        _Rotation({"workerid": worker, "workercount": 4}).pytest_collection_modifyitems(items)
+        assert "".join(items) == expected
