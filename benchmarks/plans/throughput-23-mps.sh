@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 23 on one GPU, 650M: before (main at 5a31352, its auto: 4 workers time-slicing) and
-# after (auto: up to 8 workers under a private CUDA MPS daemon), alternated, 3 runs each;
+# Issue 23 on one GPU: before (main at 5a31352, its auto: 4 workers time-slicing, each target once) and
+# after (auto: up to 8 workers under a private CUDA MPS daemon, each running every target), alternated, 3 runs each;
 # then one run each of 4 workers under MPS and 8 time-slicing, to tell the two apart.
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
@@ -22,7 +22,7 @@ case $part in
     650M) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
           ckpt esm2_t33_650M_UR50D
           for i in 1 2 3; do
-              b "${M[@]}" --trees .whl/before --workers 4 --mps off
+              b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
               b "${M[@]}" --workers auto
           done
           b "${M[@]}" --workers 4 --mps on
@@ -32,7 +32,7 @@ case $part in
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
     8M)   M=(--seconds 3)
           for i in 1 2 3; do
-              b "${M[@]}" --trees .whl/before --workers 4 --mps off
+              b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
               b "${M[@]}" --workers auto
           done
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
