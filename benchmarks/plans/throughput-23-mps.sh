@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 23 on one GPU: before (main at 5a31352, its auto: 4 workers time-slicing, each target once) and
 # after (auto: up to 8 workers under a private CUDA MPS daemon, each running every target), alternated, 3 runs each;
-# then one run each of 4 workers under MPS and 8 time-slicing, to tell the two apart.
+# then one run of 4 workers under MPS.
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
 # There (carry [".whl"]):  bash benchmarks/plans/throughput-23-mps.sh [PART]
@@ -19,14 +19,13 @@ ckpt() { python -c "from esmfuzz.models.synthetic import synthetic_checkpoint as
 b() { python benchmarks/throughput.py --device cuda --runs 1 --json "$out/$part.jsonl" \
         --targets "${MIX[@]}" "$@" 2>&1 | grep -v "^  .* per example" | tee -a "$out/$part.txt"; }
 case $part in
-    650M) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
+    650M) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)
           ckpt esm2_t33_650M_UR50D
           for i in 1 2 3; do
               b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
               b "${M[@]}" --workers auto
           done
-          b "${M[@]}" --workers 4 --mps on
-          b "${M[@]}" --workers 8 --mps off ;;
+          b "${M[@]}" --workers 4 --mps on ;;
     650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
