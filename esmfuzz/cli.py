@@ -242,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         "--esm-packed-impl mypkg:forward_packed")
     soak.add_argument("--duration", help="90s, 10m, 8h or 1h30m (default 8h; with --resume: "
                       "how much longer)")
-    soak.add_argument("--workers", default="1", help="pytest-xdist workers, one GPU each "
-                      "(cuda:i %% n): a number, or auto for one per GPU (default 1)")
+    soak.add_argument("--workers", default="1", help="pytest-xdist workers, worker i on "
+                      "cuda:i %% n: a number, or auto for as many per GPU as memory and cores "
+                      "allow (at most 8 under MPS, 4 without; default 1)")
     soak.add_argument("--mps", default="auto", choices=("auto", "on", "off"),
                       help="CUDA MPS for workers sharing a GPU, so their kernels run side by "
                       "side: auto starts a private daemon when several share one (default)")

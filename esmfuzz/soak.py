@@ -113,7 +113,8 @@ kernels for small packs faster than it can; several processes fill the gaps, and
 only wait their turn. Fewer where memory or cores run out."""
 
 PER_GPU_MPS = 8
-"""The same under CUDA MPS (:mod:`esmfuzz.mps`), where their kernels run side by side."""
+"""The same under CUDA MPS (:mod:`esmfuzz.mps`), where their kernels run side by side:
+twice as many, a first guess not yet measured on a GPU (docs/performance.md)."""
 
 
 def worker_count(text: str, pytest_args: list[str], mps: str = "auto") -> tuple[int, str]:
