@@ -15,6 +15,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 MIX=("error_ratio and short" "error_ratio and long" "error_ratio and crowded"
      "isolation and mixed" "packed_precision and medium" "finite and long" "statistics"
      "padding_invariance")
+python - <<'PY' || { echo "MPS preflight failed: after-runs time-slice"; export NO_MPS=1; }
+import os, subprocess, sys
+from esmfuzz.mps import mps_for
+with mps_for(2, "on") as sharing:
+    print("MPS preflight:", sharing.why)
+    subprocess.run([sys.executable, "-c", "import torch; print(torch.ones(4, device='cuda')"
+                    ".sum().item())"], env={**os.environ, **sharing.env}, check=True, timeout=90)
+PY
 ckpt() { python -c "from esmfuzz.models.synthetic import synthetic_checkpoint as c; c('$1')"; }
 b() { python benchmarks/throughput.py --device cuda --runs 1 --json "$out/$part.jsonl" \
         --targets "${MIX[@]}" "$@" 2>&1 | grep -v "^  .* per example" | tee -a "$out/$part.txt"; }
@@ -23,7 +31,7 @@ case $part in
           ckpt esm2_t33_650M_UR50D
           for i in 1 2 3; do
               b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
-              b "${M[@]}" --workers auto
+              b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done
           b "${M[@]}" --workers 4 --mps on ;;
     650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
@@ -32,7 +40,7 @@ case $part in
     8M)   M=(--seconds 3)
           for i in 1 2 3; do
               b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
-              b "${M[@]}" --workers auto
+              b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
 esac
