@@ -33,7 +33,7 @@ case $part in
               b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
               b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done
-          b "${M[@]}" --workers 4 --mps on ;;
+          [ -z "${NO_MPS:-}" ] && b "${M[@]}" --workers 4 --mps on ;;
     650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
