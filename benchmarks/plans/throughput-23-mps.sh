@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 23 on one GPU: before (main at 5a31352, its auto: 4 workers time-slicing, each target once) and
 # after (auto: up to 8 workers under a private CUDA MPS daemon, each running every target), alternated, 3 runs each;
-# then one run of 4 workers under MPS.
+# then (EXTRA=1) one run of 4 workers under MPS.
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
 # There (carry [".whl"]):  bash benchmarks/plans/throughput-23-mps.sh [PART]
@@ -33,7 +33,7 @@ case $part in
               b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
               b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done
-          [ -z "${NO_MPS:-}" ] && b "${M[@]}" --workers 4 --mps on ;;
+          [ -n "${EXTRA:-}" ] && [ -z "${NO_MPS:-}" ] && b "${M[@]}" --workers 4 --mps on ;;
     650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
