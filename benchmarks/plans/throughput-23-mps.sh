@@ -34,6 +34,9 @@ case $part in
               b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done
           [ -n "${EXTRA:-}" ] && [ -z "${NO_MPS:-}" ] && b "${M[@]}" --workers 4 --mps on ;;
+    650M-after) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)  # the target alone
+          ckpt esm2_t33_650M_UR50D
+          b "${M[@]}" --workers auto --runs 3 ${NO_MPS:+--mps off} ;;
     650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
