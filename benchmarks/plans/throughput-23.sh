@@ -1,58 +1,72 @@
 #!/usr/bin/env bash
-# Issue 23 on one GPU: throughput before and after, runs alternated, median (min-max) of 3.
-#
-# Here, once (the wheel and the "before" tree travel in .whl/, ignored by git):
-#   echo /.whl/ >> .git/info/exclude
-#   pip download --no-deps -d .whl fair-esm==2.0.0
-#   mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
-# Then one device call per part, each under 10 minutes (carry [".whl"]):
-#   bash benchmarks/plans/throughput-23.sh 650M-auto      # the issue's target: >= 14.5 ex/s, >= 85% busy
-#   bash benchmarks/plans/throughput-23.sh 650M-one
-#   bash benchmarks/plans/throughput-23.sh 8M             # one worker and auto
-#   bash benchmarks/plans/throughput-23.sh 3B             # one worker and auto
-#   bash benchmarks/plans/throughput-23.sh 650M-mps       # auto workers under CUDA MPS, after only
-#   bash benchmarks/plans/throughput-23.sh launches       # operations per example, 650M, after only
-# 5a31352 is main before issue 23's changes. Figures go to $OUT/*.jsonl and *.txt; the
-# synthetic checkpoints are generated on first use (about a minute at 650M, three at 3B).
-set -euo pipefail
+# Issue 23 on one GPU, one device call per PART (each under 10 minutes):
+#   650M        before (main at 5a31352 as it ran: its auto of 4 workers time-slicing, each
+#               target once, --dist load) and after (--workers auto: up to 8 under a
+#               private CUDA MPS daemon, each running every target), alternated, 3 runs
+#               each, 3 s per target (about 8 minutes); EXTRA=1 adds 4 workers under MPS
+#   650M-after  the issue's target alone: after, --workers auto, 3 runs (about 5 minutes)
+#   650M-one    one worker, before and after alternated, 3 runs each
+#   8M          auto (before as it ran, after) and one worker, 3 runs each
+#   3B          auto (before as it ran, after), 3 runs each; the 3B checkpoint takes ~3 min
+#   launches    operations per example, 650M, one worker, after only
+# Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
+#             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
+# There (carry [".whl"]):  bash benchmarks/plans/throughput-23.sh PART
+# Figures go to $OUT/PART.jsonl and .txt; PART-summary.txt holds the medians (min-max).
+set -uo pipefail
 part=${1:?part}
-before=${BEFORE:-.whl/before}
-out=${OUT:-/tmp/throughput-23}
-mkdir -p "$out"
-pip install -q --no-deps .whl/fair_esm-*.whl 2>/dev/null || true
-pip install -q --no-deps -e . 2>/dev/null || true
-export ESMFUZZ_CACHE=${ESMFUZZ_CACHE:-/tmp/esmfuzz-cache}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/$part.txt"
-
+out=${OUT:-/tmp/throughput-23}; mkdir -p "$out"
+pip install -q --no-deps .whl/fair_esm-*.whl 2>/dev/null; pip install -q --no-deps -e . 2>/dev/null
+export ESMFUZZ_CACHE=${ESMFUZZ_CACHE:-/tmp/esmfuzz-cache} PYTHONUNBUFFERED=1
+command -v nvidia-cuda-mps-control || echo "no nvidia-cuda-mps-control"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 MIX=("error_ratio and short" "error_ratio and long" "error_ratio and crowded"
      "isolation and mixed" "packed_precision and medium" "finite and long" "statistics"
      "padding_invariance")
-BIG=("error_ratio and short" "error_ratio and crowded" "isolation and mixed" "finite and long")
-M650=synthetic:esm2_t33_650M_UR50D
-
-bench() {
-    python benchmarks/throughput.py --device cuda --json "$out/$part.jsonl" "$@" 2>&1 \
-        | tee -a "$out/$part.txt"
-}
-
+python - <<'PY' || { echo "MPS preflight failed: after-runs time-slice"; export NO_MPS=1; }
+import os, subprocess, sys
+from esmfuzz.mps import mps_for
+with mps_for(2, "on") as sharing:
+    print("MPS preflight:", sharing.why)
+    subprocess.run([sys.executable, "-c", "import torch; print(torch.ones(4, device='cuda')"
+                    ".sum().item())"], env={**os.environ, **sharing.env}, check=True, timeout=90)
+PY
+ckpt() { python -c "from esmfuzz.models.synthetic import synthetic_checkpoint as c; c('$1')"; }
+b() { python benchmarks/throughput.py --device cuda --runs 1 --json "$out/$part.jsonl" \
+        --targets "${MIX[@]}" "$@" 2>&1 | grep -v "^  .* per example" | tee -a "$out/$part.txt"; }
 case $part in
-    650M-auto) bench --model $M650 --workers auto --seconds 5 --runs 3 --trees "$before" . \
-                   --targets "${MIX[@]}" ;;
-    650M-one)  bench --model $M650 --workers 1 --seconds 5 --runs 3 --trees "$before" . \
-                   --targets "${MIX[@]}" ;;
-    8M)        bench --workers 1 --seconds 4 --runs 3 --trees "$before" . --targets "${MIX[@]}"
-               bench --workers auto --seconds 4 --runs 3 --trees "$before" . \
-                   --targets "${MIX[@]}" ;;
-    3B)        bench --model synthetic:esm2_t36_3B_UR50D --workers 1 --seconds 8 --runs 3 \
-                   --trees "$before" . --targets "${BIG[@]}"
-               bench --model synthetic:esm2_t36_3B_UR50D --workers auto --seconds 8 --runs 3 \
-                   --no-roofline --targets "${BIG[@]}" ;;
-    650M-mps)  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-               mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-               nvidia-cuda-mps-control -d
-               trap 'echo quit | nvidia-cuda-mps-control' EXIT
-               bench --model $M650 --workers auto --seconds 5 --runs 3 --targets "${MIX[@]}" ;;
-    launches)  bench --model $M650 --workers 1 --seconds 5 --runs 1 --launches --no-roofline \
-                   --targets "${MIX[@]}" ;;
-    *) echo "unknown part $part" >&2; exit 2 ;;
+    650M) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)
+          ckpt esm2_t33_650M_UR50D
+          for i in 1 2 3; do
+              b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
+              b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
+          done
+          [ -n "${EXTRA:-}" ] && [ -z "${NO_MPS:-}" ] && b "${M[@]}" --workers 4 --mps on ;;
+    650M-after) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)  # the target alone
+          ckpt esm2_t33_650M_UR50D
+          b "${M[@]}" --workers auto --runs 3 ${NO_MPS:+--mps off} ;;
+    650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
+          ckpt esm2_t33_650M_UR50D
+          b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
+    8M)   M=(--seconds 3)
+          for i in 1 2 3; do
+              b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
+              b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
+          done
+          b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
+    3B)   M=(--model synthetic:esm2_t36_3B_UR50D --seconds 6 --targets "error_ratio and short"
+             "error_ratio and crowded" "isolation and mixed" "finite and long")
+          ckpt esm2_t36_3B_UR50D
+          before=$(python -c "import sys; sys.path.insert(0, '.whl/before')
+from esmfuzz.soak import worker_count
+print(worker_count('auto', ['--esm-model', 'synthetic:esm2_t36_3B_UR50D'])[0])")
+          for i in 1 2 3; do
+              b "${M[@]}" --trees .whl/before --workers "$before" --mps off --dist load
+              b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
+          done ;;
+    launches) ckpt esm2_t33_650M_UR50D
+          b --model synthetic:esm2_t33_650M_UR50D --seconds 5 --workers 1 --launches \
+            --no-roofline ;;
+    *)    echo "unknown part $part" >&2; exit 2 ;;
 esac
+python benchmarks/throughput.py --summarize "$out/$part.jsonl" 2>&1 | tee "$out/$part-summary.txt"
