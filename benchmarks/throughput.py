@@ -43,6 +43,8 @@ import threading
 import time
 from pathlib import Path
 
+from esmfuzz.mps import MODES as MPS_MODES
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TARGETS = (
     "error_ratio and short", "error_ratio and long", "error_ratio and crowded",
@@ -321,7 +323,7 @@ def main(argv=None) -> None:
                         help="pytest -k expressions, one per target")
     parser.add_argument("--workers", default="1",
                         help="pytest-xdist workers, or auto (as esmfuzz soak --workers auto)")
-    parser.add_argument("--mps", default="auto", choices=("auto", "on", "off"),
+    parser.add_argument("--mps", default="auto", choices=MPS_MODES,
                         help="CUDA MPS for workers sharing a GPU, as esmfuzz soak --mps")
     parser.add_argument("--dist", default="each", choices=("each", "load"),
                         help="with several workers: each runs every target (as esmfuzz soak "
@@ -361,9 +363,9 @@ def main(argv=None) -> None:
     if args.workers == "auto":
         print(f"workers: {workers} ({why})")
     from esmfuzz.mps import mps_for
-    from esmfuzz.soak import gpu_count
+    from esmfuzz.soak import workers_per_gpu
 
-    per_gpu = 1 if args.device == "cpu" else -(-workers // gpu_count())
+    per_gpu = workers_per_gpu(workers, ["--esm-device", args.device])
     runs: dict[Path, list[dict]] = {tree: [] for tree in args.trees}
     with mps_for(per_gpu, args.mps) as sharing:
         print(f"sharing: {sharing.why}")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from esmfuzz.errors import EsmfuzzError
+from esmfuzz.mps import MODES as MPS_MODES
 
 __all__ = ["main"]
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("--workers", default="1", help="pytest-xdist workers, worker i on "
                       "cuda:i %% n: a number, or auto for as many per GPU as memory and cores "
                       "allow (at most 8 under MPS, 4 without; default 1)")
-    soak.add_argument("--mps", default="auto", choices=("auto", "on", "off"),
+    soak.add_argument("--mps", default="auto", choices=MPS_MODES,
                       help="CUDA MPS for workers sharing a GPU, so their kernels run side by "
                       "side: auto starts a private daemon when several share one (default)")
     soak.add_argument("--database", help="Hypothesis example database shared by machines: a "

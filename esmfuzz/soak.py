@@ -28,7 +28,8 @@ from pathlib import Path
 from esmfuzz.config import option_value
 from esmfuzz.errors import EsmfuzzError
 
-__all__ = ["SoakError", "SoakRun", "gpu_count", "parse_duration", "run_soak", "worker_count"]
+__all__ = ["SoakError", "SoakRun", "parse_duration", "run_soak", "worker_count",
+           "workers_per_gpu"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STATS_EVERY = 30.0
@@ -129,9 +130,7 @@ def worker_count(text: str, pytest_args: list[str], mps: str = "auto") -> tuple[
         if count < 1:
             raise SoakError(f"--workers {text!r} must be a positive number or auto")
         return count, "as asked"
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = _gpus()
     if gpus == 0 or option_value(pytest_args, "device") == "cpu":
         return 1, "auto: no GPU in use, one worker (a CPU forward uses every core already)"
     cores = max(1, (os.cpu_count() or 1) // gpus)
@@ -143,11 +142,19 @@ def worker_count(text: str, pytest_args: list[str], mps: str = "auto") -> tuple[
                             f"memory for {fit} model set(s) per GPU)")
 
 
-def gpu_count() -> int:
-    """GPUs the workers spread over (at least 1, so a CPU run shares nothing)."""
+def workers_per_gpu(workers: int, pytest_args: list[str]) -> int:
+    """How many of ``workers`` share each GPU (1 where none is in use): what decides
+    whether :func:`esmfuzz.mps.mps_for` starts a daemon."""
+    gpus = _gpus()
+    if gpus == 0 or option_value(pytest_args, "device") == "cpu":
+        return 1
+    return -(-workers // gpus)
+
+
+def _gpus() -> int:
     import torch
 
-    return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _fitting(pytest_args: list[str]) -> int:
@@ -236,11 +243,6 @@ class _Runner:
             except ProcessLookupError:
                 pass
 
-    def _per_gpu(self) -> int:
-        if option_value(self.run.pytest_args, "device") == "cpu":
-            return 1
-        return -(-self.workers // gpu_count())
-
     # -- rounds -------------------------------------------------------------------------
     def _count_targets(self) -> int:
         """The targets the rounds will run; a usage error (a bad option, an unreachable
@@ -286,7 +288,8 @@ class _Runner:
 
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with mps_for(self._per_gpu(), self.run.mps) as sharing:
+            with mps_for(workers_per_gpu(self.workers, self.run.pytest_args),
+                         self.run.mps) as sharing:
                 self.env = {**os.environ, **sharing.env}
                 self.why_sharing = sharing.why
                 return self._rounds()
@@ -304,8 +307,7 @@ class _Runner:
         targets = self._count_targets()
         self._say(f"esmfuzz soak: {targets} targets, {self.workers} worker(s) "
                   f"({self.why_workers}; {self.why_sharing}), {_clock(self.remaining())} "
-                  f"to go; "
-                  f"run directory {self.dir}")
+                  f"to go; run directory {self.dir}")
         while self.remaining() > 0 and not self.stopping:
             slice_seconds = min(600.0, max(5.0, self.remaining() / targets))
             self._round(slice_seconds)
