@@ -16,7 +16,7 @@
 set -uo pipefail
 part=${1:?part}
 out=${OUT:-/tmp/throughput-23}; mkdir -p "$out"
-pip install -q --no-deps .whl/fair_esm-*.whl 2>/dev/null; pip install -q --no-deps -e . 2>/dev/null
+. benchmarks/plans/device-setup.sh
 export ESMFUZZ_CACHE=${ESMFUZZ_CACHE:-/tmp/esmfuzz-cache} PYTHONUNBUFFERED=1
 command -v nvidia-cuda-mps-control || echo "no nvidia-cuda-mps-control"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
