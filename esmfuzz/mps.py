@@ -6,7 +6,8 @@ examples/s. Under MPS their kernels run side by side. ``esmfuzz soak`` (and
 ``benchmarks/throughput.py``) start a private control daemon, with its own pipe directory,
 for the length of a run when several workers share a GPU, and quit it at the end; a
 daemon already running (the system's, or one named by ``CUDA_MPS_PIPE_DIRECTORY``) is used
-as it is.
+as it is. A watchdog process quits the private daemon when the run ends, also when it is
+killed outright.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -67,12 +69,33 @@ def mps_for(per_gpu: int, mode: str = "auto"):
                 raise RuntimeError(f"MPS could not start: {problem}")
             yield Sharing({}, f"MPS could not start ({problem}): processes time-slice the GPU")
             return
+        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, control, str(home)],
+                                    stdin=subprocess.PIPE, env=whole, start_new_session=True)
         try:
             yield Sharing(env, f"a private MPS daemon ({env['CUDA_MPS_PIPE_DIRECTORY']})")
         finally:
-            _quit(control, whole)
+            watchdog.stdin.close()
+            try:
+                watchdog.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                _quit(control, whole)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+_WATCHDOG = """
+import shutil, subprocess, sys
+sys.stdin.buffer.read()
+control, home = sys.argv[1:3]
+try:
+    subprocess.run([control], input="quit\\n", capture_output=True, text=True, timeout=30)
+except (OSError, subprocess.TimeoutExpired):
+    pass
+shutil.rmtree(home, ignore_errors=True)
+"""
+"""Quits the daemon once its stdin, held by the run's process alone, reaches end of file:
+when the run leaves :func:`mps_for`, or dies, even of SIGKILL. Its own session keeps a
+Ctrl-C meant for the run from stopping it first."""
 
 
 def _start(control: str, env: dict[str, str], home: Path) -> str | None:

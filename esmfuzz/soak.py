@@ -214,7 +214,8 @@ def _has_path(pytest_args: list[str]) -> bool:
 
 
 class _Runner:
-    def __init__(self, run: SoakRun, *, out=sys.stdout, progress_every: float | None = None):
+    def __init__(self, run: SoakRun, *, out=sys.stdout, progress_every: float | None = None,
+                 counted: tuple[int, str] | None = None):
         self.run = run
         self.dir = Path(run.run_dir)
         self.out = out
@@ -223,7 +224,8 @@ class _Runner:
         self.stopping = False
         self.stop_asked: float | None = None
         self.child: subprocess.Popen | None = None
-        self.workers, self.why_workers = worker_count(run.workers, run.pytest_args, run.mps)
+        self.workers, self.why_workers = counted or worker_count(run.workers, run.pytest_args,
+                                                                 run.mps)
         self.env = dict(os.environ)
         self.why_sharing = ""
 
@@ -555,6 +557,7 @@ def run_soak(*, duration: str | None, workers: str = "1", database: str | None =
 
     if mps not in MODES:
         raise SoakError(f"--mps {mps!r} must be one of {', '.join(MODES)}")
+    counted = None
     if resume:
         run = SoakRun.load(resume)
         if run.state == "finished" and run.elapsed >= run.duration and not duration:
@@ -571,7 +574,7 @@ def run_soak(*, duration: str | None, workers: str = "1", database: str | None =
             raise SoakError(f"--run-dir {run_dir!r} already holds a run; --resume it, or "
                             f"choose another directory")
         args = list(pytest_args or [])
-        worker_count(workers, args)
+        counted = worker_count(workers, args, mps)
         run = SoakRun(str(path.resolve()), seconds, workers, database, mps, _corpus_of(args),
                       args)
-    return _Runner(run, out=out, progress_every=progress_every).main()
+    return _Runner(run, out=out, progress_every=progress_every, counted=counted).main()

@@ -8,6 +8,9 @@ The daemon itself ran on the H200 (docs/performance.md).
 
 import os
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,21 @@ def test_bad_modes_are_named(tmp_path):
         pass
     with pytest.raises(SoakError, match="--mps 'always'"):
         run_soak(duration="10s", mps="always", run_dir=str(tmp_path / "run"))
+
+
+def test_the_daemon_quits_when_the_run_is_killed_outright(daemon, tmp_path):
+    """SIGKILL runs no ``finally``: the watchdog, seeing its stdin close, quits the daemon."""
+    run = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom esmfuzz.mps import mps_for\n"
+         "with mps_for(4) as s:\n    print(s.env['CUDA_MPS_PIPE_DIRECTORY'], flush=True)\n"
+         "    time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    pipe = Path(run.stdout.readline().strip())
+    assert (pipe / "control").exists()
+    run.kill()
+    run.wait()
+    for _ in range(200):
+        if not pipe.parent.exists():
+            break
+        time.sleep(0.05)
+    assert daemon.read_text().splitlines() == ["-d", "", "stdin quit"]
+    assert not pipe.parent.exists()
