@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import shutil
 import statistics
@@ -305,12 +306,17 @@ def summarize_files(paths: list[str]) -> None:
         if not line.get("summary"):
             key = (line["tree"], line["model"], line["device_name"], line["dtype"],
                    line["workers"], line.get("dist"),
-                   line.get("sharing"), line["seconds_per_target"],
+                   _sharing_kind(line.get("sharing")), line["seconds_per_target"],
                    tuple(line["targets"]), line["timings"], line["launches"])
             groups.setdefault(key, []).append(line)
     for group in groups.values():
         bound = oracle_bound(group[0]["model"], peak[0]) if peak else None
         show_summary(summarize(group, bound), peak)
+
+
+def _sharing_kind(why: str | None) -> str | None:
+    """The sharing without the private daemon's directory, which differs in every run."""
+    return re.sub(r" \(/[^)]*\)", "", why) if why else why
 
 
 def main(argv=None) -> None:

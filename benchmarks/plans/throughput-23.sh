@@ -7,6 +7,7 @@
 #   650M-after  the target alone: after, --workers auto, 3 runs (about 5 minutes)
 #   650M-one    one worker, before and after alternated, 3 runs each
 #   8M          auto (before as it ran, after) and one worker, 3 runs each
+#   8M-auto     auto alone, before and after alternated, 3 runs each, 2 s per target
 #   3B          auto (before as it ran, after), 3 runs each; the 3B checkpoint takes ~3 min
 #   launches    operations per example, 650M, one worker, after only
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
@@ -45,7 +46,7 @@ case $part in
     650M-after) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)  # the target alone
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers auto --runs 3 ${NO_MPS:+--mps off} ;;
-    650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 4)
+    650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
     8M)   M=(--seconds 3)
@@ -54,6 +55,11 @@ case $part in
               b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
+    8M-auto) M=(--seconds 2)  # auto alone, for a call with under 5 minutes left
+          for i in 1 2 3; do
+              b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
+              b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
+          done ;;
     3B)   M=(--model synthetic:esm2_t36_3B_UR50D --seconds 6 --targets "error_ratio and short"
              "error_ratio and crowded" "isolation and mixed" "finite and long")
           ckpt esm2_t36_3B_UR50D
