@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -134,12 +134,15 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) ->
                 "phases": {k: v / wall for k, v in phases.items() if k in _TIMED},
                 "per_example": {k: v / max(t["examples"], 1) for k, v in phases.items()
                                 if k not in _TIMED},
-                "wall_s": wall,
+                "wall_s": wall, "began": start,
             })
     starts = [r for p in processes for t in p["targets"].values() for r in (t.get("began") or [])]
     ends = [t["last"] for p in processes for t in p["targets"].values() if t.get("last")]
     active = (min(starts), max(ends)) if starts and ends else (began, ended)
     span = max(active[1] - active[0], 1e-9)
+    for worker in {r["worker"] for r in rows}:
+        mine = [r for r in rows if r["worker"] == worker]
+        min(mine, key=lambda r: r["began"])["first"] = True
     total = sum(r["examples"] for r in rows)
     residues = sum(t.get("residues", 0) for p in processes for t in p["targets"].values())
     return {
@@ -150,9 +153,31 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) ->
         "sharing": sharing.why if sharing else None,
         "seconds_per_target": args.seconds, "timings": args.timings, "launches": args.launches,
         "rows": rows, "examples": total, "examples_per_s": total / span,
+        "steady_examples_per_s": steady_rate(rows, span),
         "residues_per_s": residues / span, "gpu_busy": sampler.busy(*active),
         "wall_s": ended - began, "fuzzing_s": span,
     }
+
+
+def steady_rate(rows: list[dict], span: float) -> float | None:
+    """Examples/s without each worker's first slice, which pays for CUDA and library
+    warm-up (at slices of a few seconds it checks one example or none): every worker's
+    rate over its later slices, weighted by the share of the span it was fuzzing at all
+    (so the workers ``--dist load`` leaves idle count as idle), summed. What a soak's long
+    slices approach. Rows without ``first`` (runs before it was recorded) take each
+    worker's slowest slice as its first."""
+    total = 0.0
+    for worker in {r["worker"] for r in rows}:
+        mine = [r for r in rows if r["worker"] == worker]
+        first = next((r for r in mine if r.get("first")), None) or min(
+            mine, key=lambda r: r["examples_per_s"])
+        later = [r for r in mine if r is not first]
+        seconds = sum(r["wall_s"] for r in later)
+        if not later or seconds <= 0:
+            return None
+        busy = min(1.0, sum(r["wall_s"] for r in mine) / span)
+        total += sum(r["examples"] for r in later) / seconds * busy
+    return total
 
 
 _TIMED = ("under test", "baselines", "oracle", "loading")
@@ -204,6 +229,10 @@ def summarize(runs: list[dict], bound: float | None) -> dict:
 
     figures = {key: spread([r[key] for r in runs])
                for key in ("examples_per_s", "residues_per_s", "gpu_busy")}
+    figures["steady_examples_per_s"] = spread([
+        r["steady_examples_per_s"] if "steady_examples_per_s" in r
+        else steady_rate(r["rows"], r["fuzzing_s"]) if "fuzzing_s" in r else None
+        for r in runs])
     if bound:
         figures["roofline"] = spread([r["residues_per_s"] / bound for r in runs])
     targets = sorted({row["target"] for r in runs for row in r["rows"]})
@@ -222,7 +251,8 @@ def summarize(runs: list[dict], bound: float | None) -> dict:
         "summary": True, "runs": len(runs), "tree": first.get("tree"), "model": first["model"],
         "device_name": first["device_name"], "dtype": first["dtype"],
         "workers": first["workers"], "workers_asked": first["workers_asked"],
-        "sharing": first.get("sharing"), "dist": first.get("dist"), "targets": first["targets"],
+        "sharing": _sharing_kind(first.get("sharing")), "dist": first.get("dist"),
+        "targets": first["targets"],
         "seconds_per_target": first["seconds_per_target"],
         "oracle_bound_residues_per_s": bound, **figures, "per_target": per_target,
     }
@@ -264,6 +294,9 @@ def show_run(result: dict) -> None:
           f"({result['examples_per_s']:.2f}/s, {result['residues_per_s']:.0f} residues/s), "
           f"GPU busy {_pct(result['gpu_busy'])}; {result['wall_s']:.0f} s with start-up and "
           f"model loading")
+    steady = result.get("steady_examples_per_s")
+    if steady is not None:
+        print(f"steady: {steady:.2f} examples/s without each worker's first (warm-up) slice")
 
 
 def show_summary(summary: dict, peak: tuple[float, str] | None) -> None:
@@ -275,6 +308,8 @@ def show_summary(summary: dict, peak: tuple[float, str] | None) -> None:
           f"{summary['seconds_per_target']:g} s per target; "
           f"median (min-max)")
     print(f"  examples/s  {_spread(summary['examples_per_s'])}")
+    print(f"  steady      {_spread(summary.get('steady_examples_per_s'))} examples/s without "
+          f"each worker's first (warm-up) slice")
     print(f"  residues/s  {_spread(summary['residues_per_s'], '{:.0f}')}")
     print(f"  GPU busy    {_spread(summary['gpu_busy'], '{:.0f}%', 100)}")
     if peak is not None and summary.get("roofline"):
