@@ -4,6 +4,9 @@
 #               target once, --dist load) and after (--workers auto: up to 8 under a
 #               private CUDA MPS daemon, each running every target), alternated, 3 runs
 #               each, 3 s per target (about 8 minutes); EXTRA=1 adds 4 workers under MPS
+#   650M-10s    the same pairs at 10 s per target, PAIRS of them (default 2, about 7
+#               minutes; warm-up weighs a third as much as at 3 s): run it twice, PAIRS=2
+#               then PAIRS=1, and --summarize both files together
 #   650M-after  the target alone: after, --workers auto, 3 runs (about 5 minutes)
 #   650M-one    one worker, before and after alternated, 3 runs each
 #   8M          auto (before as it ran, after) and one worker, 3 runs each
@@ -43,6 +46,12 @@ case $part in
               b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done
           [ -n "${EXTRA:-}" ] && [ -z "${NO_MPS:-}" ] && b "${M[@]}" --workers 4 --mps on ;;
+    650M-10s) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 10)
+          ckpt esm2_t33_650M_UR50D
+          for i in $(seq "${PAIRS:-2}"); do
+              b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
+              b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
+          done ;;
     650M-after) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)  # the target alone
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers auto --runs 3 ${NO_MPS:+--mps off} ;;
