@@ -140,9 +140,6 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) ->
     ends = [t["last"] for p in processes for t in p["targets"].values() if t.get("last")]
     active = (min(starts), max(ends)) if starts and ends else (began, ended)
     span = max(active[1] - active[0], 1e-9)
-    for worker in {r["worker"] for r in rows}:
-        mine = [r for r in rows if r["worker"] == worker]
-        min(mine, key=lambda r: r["began"])["first"] = True
     total = sum(r["examples"] for r in rows)
     residues = sum(t.get("residues", 0) for p in processes for t in p["targets"].values())
     return {
@@ -153,7 +150,6 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) ->
         "sharing": sharing.why if sharing else None,
         "seconds_per_target": args.seconds, "timings": args.timings, "launches": args.launches,
         "rows": rows, "examples": total, "examples_per_s": total / span,
-        "steady_examples_per_s": steady_rate(rows, span),
         "residues_per_s": residues / span, "gpu_busy": sampler.busy(*active),
         "wall_s": ended - began, "fuzzing_s": span,
     }
@@ -164,13 +160,13 @@ def steady_rate(rows: list[dict], span: float) -> float | None:
     warm-up (at slices of a few seconds it checks one example or none): every worker's
     rate over its later slices, weighted by the share of the span it was fuzzing at all
     (so the workers ``--dist load`` leaves idle count as idle), summed. What a soak's long
-    slices approach. Rows without ``first`` (runs before it was recorded) take each
+    slices approach. Rows without ``began`` (runs before it was recorded) take each
     worker's slowest slice as its first."""
     total = 0.0
     for worker in {r["worker"] for r in rows}:
         mine = [r for r in rows if r["worker"] == worker]
-        first = next((r for r in mine if r.get("first")), None) or min(
-            mine, key=lambda r: r["examples_per_s"])
+        first = min(mine, key=lambda r: (r["began"],) if "began" in r else
+                    (r["examples_per_s"],))
         later = [r for r in mine if r is not first]
         seconds = sum(r["wall_s"] for r in later)
         if not later or seconds <= 0:
@@ -229,10 +225,8 @@ def summarize(runs: list[dict], bound: float | None) -> dict:
 
     figures = {key: spread([r[key] for r in runs])
                for key in ("examples_per_s", "residues_per_s", "gpu_busy")}
-    figures["steady_examples_per_s"] = spread([
-        r["steady_examples_per_s"] if "steady_examples_per_s" in r
-        else steady_rate(r["rows"], r["fuzzing_s"]) if "fuzzing_s" in r else None
-        for r in runs])
+    figures["steady_examples_per_s"] = spread(
+        [steady_rate(r["rows"], r["fuzzing_s"]) if "fuzzing_s" in r else None for r in runs])
     if bound:
         figures["roofline"] = spread([r["residues_per_s"] / bound for r in runs])
     targets = sorted({row["target"] for r in runs for row in r["rows"]})
@@ -294,7 +288,7 @@ def show_run(result: dict) -> None:
           f"({result['examples_per_s']:.2f}/s, {result['residues_per_s']:.0f} residues/s), "
           f"GPU busy {_pct(result['gpu_busy'])}; {result['wall_s']:.0f} s with start-up and "
           f"model loading")
-    steady = result.get("steady_examples_per_s")
+    steady = steady_rate(result["rows"], result["fuzzing_s"])
     if steady is not None:
         print(f"steady: {steady:.2f} examples/s without each worker's first (warm-up) slice")
 

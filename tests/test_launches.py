@@ -69,19 +69,19 @@ def test_the_summary_is_the_median_and_range_of_the_runs():
 
 
 def test_the_steady_rate_leaves_out_each_workers_warm_up_slice_and_counts_idle_time():
-    def row(worker, examples, wall, first=False):
+    def row(worker, examples, wall, began):
         return {"worker": worker, "examples": examples, "wall_s": wall,
-                "examples_per_s": examples / wall, "first": first}
+                "examples_per_s": examples / wall, "began": began}
 
     throughput = _throughput()
-    rows = [row("gw0", 1, 3.0, first=True), row("gw0", 30, 3.0), row("gw0", 60, 6.0),
-            row("gw1", 0, 3.0, first=True), row("gw1", 20, 3.0)]
+    rows = [row("gw0", 30, 3.0, 3.0), row("gw0", 1, 3.0, 0.0), row("gw0", 60, 6.0, 6.0),
+            row("gw1", 20, 3.0, 3.0), row("gw1", 0, 3.0, 0.0)]
     # gw0: 90 examples in 9 s, fuzzing 12 of 12 s; gw1: 20 in 3 s, fuzzing 6 of 12 s.
     assert throughput.steady_rate(rows, span=12.0) == pytest.approx(10.0 + 20 / 3 * 0.5)
     for r in rows:
-        del r["first"]  # runs recorded before "first": the slowest slice is the warm-up
+        del r["began"]  # runs recorded before "began": the slowest slice is the warm-up
     assert throughput.steady_rate(rows, span=12.0) == pytest.approx(10.0 + 20 / 3 * 0.5)
-    assert throughput.steady_rate([row("gw0", 1, 3.0, first=True)], span=3.0) is None
+    assert throughput.steady_rate([row("gw0", 1, 3.0, 0.0)], span=3.0) is None
 
 
 def test_the_oracle_bound_counts_two_flop_per_parameter():

@@ -3,7 +3,7 @@
 The real control daemon needs an NVIDIA driver; here a stand-in on the PATH speaks its
 protocol (``-d`` creates the control pipe, ``quit`` on stdin stops it), so the start, the
 environment handed to workers, the fallbacks and the clean-up are checked on any machine.
-The daemon itself ran on the H200 (docs/performance.md).
+The daemon itself ran on an H100 (docs/performance.md).
 """
 
 import os
