@@ -11,7 +11,8 @@
 #   650M-one    one worker, before and after alternated, 3 runs each
 #   8M          auto (before as it ran, after) and one worker, 3 runs each
 #   8M-auto     auto alone, before and after alternated, 3 runs each, 2 s per target
-#   3B          auto (before as it ran, after), 3 runs each; the 3B checkpoint takes ~3 min
+#   3B          auto (before as it ran, after), PAIRS of them (default 3); the 3B checkpoint
+#               takes ~3 min: in under 10 minutes, PAIRS=1 then PAIRS=2, summarized together
 #   launches    operations per example, 650M, one worker, after only
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
@@ -75,7 +76,7 @@ case $part in
           before=$(python -c "import sys; sys.path.insert(0, '.whl/before')
 from esmfuzz.soak import worker_count
 print(worker_count('auto', ['--esm-model', 'synthetic:esm2_t36_3B_UR50D'])[0])")
-          for i in 1 2 3; do
+          for i in $(seq "${PAIRS:-3}"); do
               b "${M[@]}" --trees .whl/before --workers "$before" --mps off --dist load
               b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done ;;
