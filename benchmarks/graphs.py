@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="synthetic:esm2_t33_650M_UR50D")
     parser.add_argument("--shapes", nargs="+", default=["1x130", "4x258", "8x130", "2x514",
-                                                        "8x514", "2x1026"])
+                                                        "8x514", "2x1024"])
     parser.add_argument("--dtypes", nargs="+", default=["float16", "float32", "float64"])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
