@@ -13,6 +13,7 @@
 #   8M-auto     auto alone, before and after alternated, 3 runs each, 2 s per target
 #   3B          auto (before as it ran, after), PAIRS of them (default 3); the 3B checkpoint
 #               takes ~3 min: in under 10 minutes, PAIRS=1 then PAIRS=2, summarized together
+#   3B-before   before alone, 3 runs (for a call whose 3B before-runs did not start)
 #   launches    operations per example, 650M, one worker, after only
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
@@ -37,6 +38,10 @@ with mps_for(2, "on") as sharing:
                     ".sum().item())"], env={**os.environ, **sharing.env}, check=True, timeout=90)
 PY
 ckpt() { python -c "from esmfuzz.models.synthetic import synthetic_checkpoint as c; c('$1')"; }
+before_auto() {  # main at 5a31352 chose its auto worker count in soak._workers
+    python -c "import sys; sys.path.insert(0, '.whl/before')
+from esmfuzz.soak import _workers
+print(_workers('auto', ['--esm-model', '$1'])[0])"; }
 b() { python benchmarks/throughput.py --device cuda --runs 1 --json "$out/$part.jsonl" \
         --targets "${MIX[@]}" "$@" 2>&1 | grep -v "^  .* per example" | tee -a "$out/$part.txt"; }
 case $part in
@@ -73,13 +78,16 @@ case $part in
     3B)   M=(--model synthetic:esm2_t36_3B_UR50D --seconds 6 --targets "error_ratio and short"
              "error_ratio and crowded" "isolation and mixed" "finite and long")
           ckpt esm2_t36_3B_UR50D
-          before=$(python -c "import sys; sys.path.insert(0, '.whl/before')
-from esmfuzz.soak import worker_count
-print(worker_count('auto', ['--esm-model', 'synthetic:esm2_t36_3B_UR50D'])[0])")
+          before=$(before_auto synthetic:esm2_t36_3B_UR50D)
           for i in $(seq "${PAIRS:-3}"); do
               b "${M[@]}" --trees .whl/before --workers "$before" --mps off --dist load
               b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done ;;
+    3B-before) M=(--model synthetic:esm2_t36_3B_UR50D --seconds 6 --targets "error_ratio and short"
+             "error_ratio and crowded" "isolation and mixed" "finite and long")
+          ckpt esm2_t36_3B_UR50D
+          b "${M[@]}" --trees .whl/before --workers "$(before_auto synthetic:esm2_t36_3B_UR50D)" \
+            --runs 3 --mps off --dist load ;;
     launches) ckpt esm2_t33_650M_UR50D
           b --model synthetic:esm2_t33_650M_UR50D --seconds 5 --workers 1 --launches \
             --no-roofline ;;
