@@ -10,6 +10,7 @@
 #   650M-after  the target alone: after, --workers auto, 3 runs (about 5 minutes)
 #   650M-one    one worker, before and after alternated, 3 runs each
 #   8M          auto (before as it ran, after) and one worker, 3 runs each
+#   8M-one      one worker alone, before and after alternated, 3 runs each, 1 s per target
 #   8M-auto     auto alone, before and after alternated, 3 runs each, 2 s per target
 #   3B          auto (before as it ran, after), PAIRS of them (default 3); the 3B checkpoint
 #               takes ~3 min: in under 10 minutes, PAIRS=1 then PAIRS=2, summarized together
@@ -70,6 +71,7 @@ case $part in
               b "${M[@]}" --workers auto ${NO_MPS:+--mps off}
           done
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
+    8M-one) b --seconds 1 --workers 1 --runs 3 --trees .whl/before . ;;  # for a last 3 minutes
     8M-auto) M=(--seconds 2)  # auto alone, for a call with under 5 minutes left
           for i in 1 2 3; do
               b "${M[@]}" --trees .whl/before --workers 4 --mps off --dist load
