@@ -99,6 +99,26 @@ def _same(first: dict, second: dict) -> str:
     return "identical" if worst == 0.0 else f"differ (max rel {worst:.1e})"
 
 
+def measure(eager, body, repeats: int) -> str:
+    """One row: ``eager()`` timed, then ``body()`` captured, replayed, timed and compared."""
+    torch.cuda.reset_peak_memory_stats()
+    eager()
+    walls, gpus = _timed(eager, repeats)
+    expected = eager()
+    start = time.perf_counter()
+    try:
+        graph, outputs = capture(body)
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports, never stops
+        return f"capture failed: {type(exc).__name__}: {str(exc)[:200]}"
+    torch.cuda.synchronize()
+    captured = (time.perf_counter() - start) * 1e3
+    replay_walls, _ = _timed(graph.replay, repeats)
+    graph.replay()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    return (f"{_spread(walls):>18} {_spread(gpus):>18} {captured:>9.0f} "
+            f"{_spread(replay_walls):>18}  {_same(expected, outputs)}; peak {peak:.1f} GiB")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="synthetic:esm2_t33_650M_UR50D")
@@ -108,97 +128,68 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
 
-    from esmfuzz.forward import _float64_softmax, packed_forward
     from esmfuzz.models.checkpoint import load_model
     from esmfuzz.models.loading import device_copy
-    from esmfuzz.packing import pack
 
     base, alphabet = load_model(args.model)
-    device = torch.device("cuda")
     print(f"{args.model}, {torch.cuda.get_device_name()}, torch {torch.__version__}; "
           f"ms per forward, median (min-max) of {args.repeats}")
     print(f"{'dtype':<8} {'shape':<8} {'eager wall':>18} {'eager GPU':>18} {'capture':>9} "
           f"{'graph wall':>18}  replay vs eager")
     for dtype_name in args.dtypes:
-        dtype = getattr(torch, dtype_name)
-        model = device_copy(base, device, dtype)
-        layers = sorted({0, model.num_layers // 2, model.num_layers})
+        model = device_copy(base, "cuda", getattr(torch, dtype_name))
         for shape in args.shapes:
             batch, length = (int(v) for v in shape.split("x"))
-            tokens = _tokens(batch, length - 2, alphabet, seed=batch * 7919 + length).to(device)
-            has_padding = bool(tokens.eq(model.padding_idx).any())
-            softmax = _float64_softmax if dtype == torch.float64 else _nothing
-            with torch.inference_mode(), softmax():
-                def eager():
-                    return model(tokens, repr_layers=layers)["representations"]
-
-                torch.cuda.reset_peak_memory_stats()
-                eager()
-                walls, gpus = _timed(eager, args.repeats)
-                expected = eager()
-                static = tokens.clone()
-                t0 = time.perf_counter()
-                try:
-                    graph, outputs = capture(lambda: padded_body(model, static, layers,
-                                                                 has_padding))
-                except Exception as exc:  # noqa: BLE001 - a benchmark reports, never stops
-                    print(f"{dtype_name:<8} {shape:<8} capture failed: {exc}")
-                    continue
-                torch.cuda.synchronize()
-                captured = (time.perf_counter() - t0) * 1e3
-                replay_walls, _ = _timed(graph.replay, args.repeats)
-                graph.replay()
-                verdict = _same(expected, outputs)
-                peak = torch.cuda.max_memory_allocated() / 2**30
-            print(f"{dtype_name:<8} {shape:<8} {_spread(walls):>18} {_spread(gpus):>18} "
-                  f"{captured:>9.0f} {_spread(replay_walls):>18}  {verdict}; peak "
-                  f"{peak:.1f} GiB")
-            del graph, outputs
-        if dtype != torch.float64:
-            _packed(model, alphabet, device, layers, args, pack, packed_forward, dtype_name)
+            tokens = _tokens(batch, length - 2, alphabet, seed=batch * 7919 + length)
+            print(f"{dtype_name:<8} {shape:<8} {_padded_row(model, tokens, args.repeats)}")
+        if model.embed_tokens.weight.dtype != torch.float64:
+            for shape in args.shapes:
+                batch, length = (int(v) for v in shape.split("x"))
+                tokens = _tokens(batch, length - 2, alphabet, seed=batch * 7919 + length)
+                print(f"packed {dtype_name:<8} {shape:<8} "
+                      f"{_packed_row(model, alphabet, tokens, args.repeats)}")
         del model
         torch.cuda.empty_cache()
 
 
-def _packed(model, alphabet, device, layers, args, pack, packed_forward, dtype_name):
-    """esmfuzz's packed forward, eager and captured (its input check reads back, so the
-    captured body is the same class with the check left out)."""
-    for shape in args.shapes:
-        batch, length = (int(v) for v in shape.split("x"))
-        tokens = _tokens(batch, length - 2, alphabet, seed=batch * 7919 + length)
-        seqs = ["".join(alphabet.get_tok(int(t)) for t in row if int(t) not in
-                        (alphabet.padding_idx, alphabet.cls_idx, alphabet.eos_idx))
-                for row in tokens]
-        packed = pack(seqs, alphabet, device=device)
+def _layers(model) -> list[int]:
+    return sorted({0, model.num_layers // 2, model.num_layers})
+
+
+def _padded_row(model, tokens: torch.Tensor, repeats: int) -> str:
+    """fair-esm's padded forward (the oracle's, with its float64 softmax, in float64)."""
+    from esmfuzz.forward import _float64_softmax
+
+    tokens, layers = tokens.to("cuda"), _layers(model)
+    has_padding = bool(tokens.eq(model.padding_idx).any())
+    static = tokens.clone()
+    float64 = model.embed_tokens.weight.dtype == torch.float64
+    with torch.inference_mode(), (_float64_softmax() if float64 else _nothing()):
+        return measure(lambda: model(tokens, repr_layers=layers)["representations"],
+                       lambda: padded_body(model, static, layers, has_padding), repeats)
+
+
+def _packed_row(model, alphabet, tokens: torch.Tensor, repeats: int) -> str:
+    """esmfuzz's packed forward, its input check (a read-back) left out of both calls."""
+    import esmfuzz.forward as forward_module
+    from esmfuzz.packing import pack
+
+    specials = (alphabet.padding_idx, alphabet.cls_idx, alphabet.eos_idx)
+    seqs = ["".join(alphabet.get_tok(int(t)) for t in row if int(t) not in specials)
+            for row in tokens]
+    batch, layers = pack(seqs, alphabet, device="cuda"), _layers(model)
+
+    def forward():
+        return forward_module.packed_forward(model, batch.tokens, batch.cu_seqlens,
+                                             batch.max_seqlen, layers)
+
+    original = forward_module.check_packed
+    forward_module.check_packed = lambda *args: None
+    try:
         with torch.inference_mode():
-            def eager():
-                return packed_forward(model, packed.tokens, packed.cu_seqlens,
-                                      packed.max_seqlen, layers)
-
-            eager()
-            walls, gpus = _timed(eager, args.repeats)
-            expected = eager()
-            import esmfuzz.forward as forward_module
-
-            original = forward_module.check_packed
-            forward_module.check_packed = lambda *a: None
-            try:
-                t0 = time.perf_counter()
-                graph, outputs = capture(eager)
-                torch.cuda.synchronize()
-                captured = (time.perf_counter() - t0) * 1e3
-                replay_walls, _ = _timed(graph.replay, args.repeats)
-                graph.replay()
-                verdict = _same(expected, outputs)
-            except Exception as exc:  # noqa: BLE001
-                print(f"packed {dtype_name:<8} {shape:<8} capture failed: "
-                      f"{type(exc).__name__}: {str(exc)[:200]}")
-                continue
-            finally:
-                forward_module.check_packed = original
-        print(f"packed {dtype_name:<8} {shape:<8} {_spread(walls):>18} {_spread(gpus):>18} "
-              f"{captured:>9.0f} {_spread(replay_walls):>18}  {verdict}")
-        del graph, outputs
+            return measure(forward, forward, repeats)
+    finally:
+        forward_module.check_packed = original
 
 
 class _nothing:
