@@ -8,7 +8,8 @@ profile, a time slice per target, statistics from :mod:`esmfuzz.runlog`) while
 - the fraction of the target's wall time the GPU was busy (mean utilization over the
   samples taken while it fuzzed);
 - where the time went: the property checks (with ``--timings``: split into forwards under
-  test, baselines and the oracle, each waited for on the device) and the rest
+  test, baselines and the oracle, each waited for on the device, and the same forwards
+  again by dtype, ``in float32``) and the rest
   (generating examples, Hypothesis, the plugin);
 - with ``--launches``: the operations (on a GPU, kernel launches) and read-backs per
   example, by kind of forward and the checks (:mod:`esmfuzz.launches`).
@@ -131,9 +132,9 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) ->
                 "residues_per_s": t.get("residues", 0) / wall,
                 "gpu_busy": sampler.busy(start, end, None if gpu is None else {gpu}),
                 "check_share": t.get("check_seconds", 0.0) / wall,
-                "phases": {k: v / wall for k, v in phases.items() if k in _TIMED},
+                "phases": {k: v / wall for k, v in phases.items() if _timed(k)},
                 "per_example": {k: v / max(t["examples"], 1) for k, v in phases.items()
-                                if k not in _TIMED},
+                                if not _timed(k)},
                 "wall_s": wall, "began": start,
             })
     starts = [r for p in processes for t in p["targets"].values() for r in (t.get("began") or [])]
@@ -177,6 +178,11 @@ def steady_rate(rows: list[dict], span: float) -> float | None:
 
 
 _TIMED = ("under test", "baselines", "oracle", "loading")
+
+
+def _timed(phase: str) -> bool:
+    """Seconds (a kind of forward, or ``in float32``: forwards of that dtype), not counts."""
+    return phase in _TIMED or phase.startswith("in ")
 """Phases the run log holds in seconds; with ``--launches`` the others are counts."""
 
 

@@ -136,7 +136,7 @@ class Harness:
         forward more than once (a default implementation under test is also a baseline).
         ``model``'s weights are brought to the device first (sequential loading)."""
         if self.timings is not None:
-            compute = self._timed(key, compute)
+            compute = self._timed(key, compute, model)
         compute = self._on_device(model, compute)
         if self._outputs is None:
             return compute()
@@ -153,12 +153,15 @@ class Harness:
 
         return run
 
-    def _timed(self, key: tuple, compute: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
-        """Seconds per kind of forward (``timings``, for benchmarks/throughput.py): waits for
-        the device after each, so it costs the overlap of one forward with the next."""
+    def _timed(self, key: tuple, compute: Callable[[], list[dict]],
+               model) -> Callable[[], list[dict]]:
+        """Seconds per kind of forward, and per dtype (``in float32``) across kinds
+        (``timings``, for benchmarks/throughput.py): waits for the device after each, so it
+        costs the overlap of one forward with the next."""
         impl = key[1]
         kind = ("oracle" if impl is self.oracle_impl else
                 "under test" if impl in self._mine else "baselines")
+        dtype = f"in {dtype_name(model.embed_tokens.weight.dtype)}"
 
         def timed():
             start = time.perf_counter()
@@ -170,7 +173,9 @@ class Harness:
             finally:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                self.timings[kind] += time.perf_counter() - start
+                spent = time.perf_counter() - start
+                self.timings[kind] += spent
+                self.timings[dtype] += spent
 
         return timed
 

@@ -37,6 +37,11 @@ def test_a_check_counts_each_kind_of_forward(esmfuzz_cache, monkeypatch, one_cpu
     assert counts["launches oracle"] > 6 * 12
     assert counts["launches checks"] < counts["launches oracle"]
     assert harness.timings["oracle"] > 0
+    # Per dtype across kinds: the float16 candidate's path, the FP32 reference's, the oracle.
+    assert harness.timings["in float64"] == harness.timings["oracle"]
+    assert harness.timings["in float16"] > 0 and harness.timings["in float32"] > 0
+    assert harness.timings["in float16"] + harness.timings["in float32"] == pytest.approx(
+        harness.timings["baselines"] + harness.timings["under test"])
 
 
 def _throughput():
@@ -89,3 +94,10 @@ def test_the_oracle_bound_counts_two_flop_per_parameter():
 
     parameters = parse_spec(SYNTHETIC_8M).architecture.parameters
     assert _throughput().oracle_bound(SYNTHETIC_8M, 2e12) == pytest.approx(1e12 / parameters)
+
+
+def test_seconds_per_dtype_are_shares_of_wall_time_and_counts_are_per_example():
+    throughput = _throughput()
+    assert throughput._timed("in float32") and throughput._timed("oracle")
+    assert not throughput._timed("launches oracle")
+    assert not throughput._timed("read-backs checks")
