@@ -1,9 +1,10 @@
 """Would CUDA graphs make esmfuzz's own forwards cheaper? Eager vs captured, per shape.
 
 For each padded shape (batch x tokens) and dtype, on the real fair-esm model: the eager
-forward's wall time and its GPU time (CUDA events), the time to capture it as a CUDA graph,
-the graph's replay time, and whether the replay's outputs equal the eager ones bit for bit.
-The packed forward (esmfuzz's, torch-varlen) is captured too, where its backend allows.
+forward's wall time and its span on the GPU stream (CUDA events), the time to capture it as
+a CUDA graph, the graph's replay time, and whether the replay's outputs equal the eager ones
+bit for bit. esmfuzz's packed forward is tried too (float16 and float32); a capture that
+fails says why.
 
     python benchmarks/graphs.py --model synthetic:esm2_t33_650M_UR50D
 
@@ -13,6 +14,7 @@ CUDA only. Each figure is the median (min-max) of --repeats calls.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -136,16 +138,16 @@ def main(argv=None) -> None:
           f"ms per forward, median (min-max) of {args.repeats}")
     print(f"{'dtype':<8} {'shape':<8} {'eager wall':>18} {'eager GPU':>18} {'capture':>9} "
           f"{'graph wall':>18}  replay vs eager")
+    inputs = {}
+    for shape in args.shapes:
+        batch, length = (int(v) for v in shape.split("x"))
+        inputs[shape] = _tokens(batch, length - 2, alphabet, seed=batch * 7919 + length)
     for dtype_name in args.dtypes:
         model = device_copy(base, "cuda", getattr(torch, dtype_name))
-        for shape in args.shapes:
-            batch, length = (int(v) for v in shape.split("x"))
-            tokens = _tokens(batch, length - 2, alphabet, seed=batch * 7919 + length)
+        for shape, tokens in inputs.items():
             print(f"{dtype_name:<8} {shape:<8} {_padded_row(model, tokens, args.repeats)}")
         if model.embed_tokens.weight.dtype != torch.float64:
-            for shape in args.shapes:
-                batch, length = (int(v) for v in shape.split("x"))
-                tokens = _tokens(batch, length - 2, alphabet, seed=batch * 7919 + length)
+            for shape, tokens in inputs.items():
                 print(f"packed {dtype_name:<8} {shape:<8} "
                       f"{_packed_row(model, alphabet, tokens, args.repeats)}")
         del model
@@ -164,7 +166,7 @@ def _padded_row(model, tokens: torch.Tensor, repeats: int) -> str:
     has_padding = bool(tokens.eq(model.padding_idx).any())
     static = tokens.clone()
     float64 = model.embed_tokens.weight.dtype == torch.float64
-    with torch.inference_mode(), (_float64_softmax() if float64 else _nothing()):
+    with torch.inference_mode(), (_float64_softmax() if float64 else contextlib.nullcontext()):
         return measure(lambda: model(tokens, repr_layers=layers)["representations"],
                        lambda: padded_body(model, static, layers, has_padding), repeats)
 
@@ -190,14 +192,6 @@ def _packed_row(model, alphabet, tokens: torch.Tensor, repeats: int) -> str:
             return measure(forward, forward, repeats)
     finally:
         forward_module.check_packed = original
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 if __name__ == "__main__":

@@ -178,12 +178,12 @@ def steady_rate(rows: list[dict], span: float) -> float | None:
 
 
 _TIMED = ("under test", "baselines", "oracle", "loading")
+"""Phases the run log holds in seconds; with ``--launches`` the others are counts."""
 
 
 def _timed(phase: str) -> bool:
     """Seconds (a kind of forward, or ``in float32``: forwards of that dtype), not counts."""
     return phase in _TIMED or phase.startswith("in ")
-"""Phases the run log holds in seconds; with ``--launches`` the others are counts."""
 
 
 def peak_fp64(device: str) -> tuple[float, str]:
