@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import re
 import statistics
 import time
@@ -144,7 +145,7 @@ def main(argv=None) -> None:
             floor = linear_floor(model, batch * length, args.repeats)
             with torch.inference_mode(), (_float64_softmax() if float64
                                           else contextlib.nullcontext()):
-                forward = lambda: model(tokens, repr_layers=layers)  # noqa: E731
+                forward = functools.partial(model, tokens, repr_layers=layers)
                 forward()
                 kinds, count, top = kernel_times(forward, args.repeats, device)
                 _report(f"{dtype_name} padded {shape}", kinds, count, floor,
@@ -153,8 +154,8 @@ def main(argv=None) -> None:
                     seqs = ["".join(alphabet.get_tok(int(t)) for t in row
                                     if int(t) not in specials) for row in tokens]
                     b = pack(seqs, alphabet, device=device)
-                    packed = lambda: packed_forward(  # noqa: E731
-                        model, b.tokens, b.cu_seqlens, b.max_seqlen, layers)
+                    packed = functools.partial(packed_forward, model, b.tokens,
+                                               b.cu_seqlens, b.max_seqlen, layers)
                     packed()
                     kinds, count, top = kernel_times(packed, args.repeats, device)
                     _report(f"{dtype_name} packed {shape} ({real} tokens)", kinds, count,
