@@ -133,7 +133,7 @@ def _finite(harness, sample: Sample, layers) -> Verdict:
         "packed": harness.packed(harness.path_models("packed")[0], seqs, layers),
         "padded": harness.padded(harness.path_models("padded")[0], seqs, layers),
     }
-    return P.finite(candidates, harness.baseline(pair.reference, seqs, layers))
+    return P.finite(candidates, lambda: harness.baseline(pair.reference, seqs, layers))
 
 
 def _statistics(harness, sample: Sample, layers) -> Verdict:

@@ -87,3 +87,44 @@ def test_one_check_runs_each_forward_once(esmfuzz_cache, monkeypatch):
     assert calls.count("run_packed") == 2  # float16 and float32
     assert calls.count("run_padded") == 3  # the oracle, and fair-esm in float16 and float32
     assert any(note.startswith("oracle in float64") for note in verdict.notes)
+
+
+def _counting_forwards(monkeypatch) -> list[tuple[str, str]]:
+    """(``run_packed``/``run_padded``, dtype) of every forward the harness runs."""
+    import esmfuzz.harness as module
+
+    calls = []
+    for name in ("run_packed", "run_padded"):
+        original = getattr(module, name)
+
+        def counted(impl, model, *args, _f=original, _n=name, **kwargs):
+            calls.append((_n, str(model.embed_tokens.weight.dtype)[6:]))
+            return _f(impl, model, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def _nan_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers):
+    """The default packed forward with one NaN in its first output row."""
+    from esmfuzz.forward import packed_forward
+
+    out = packed_forward(model, tokens, cu_seqlens, max_seqlen, repr_layers)
+    for layer in out:
+        out[layer] = out[layer].clone()
+        out[layer][0, 0] = float("nan")
+    return out
+
+
+def test_finite_runs_the_reference_only_for_a_candidate_that_is_not_finite(
+    esmfuzz_cache, monkeypatch
+):
+    calls = _counting_forwards(monkeypatch)
+    assert harness(esmfuzz_cache).check("finite", LAYOUT).ok
+    assert calls == [("run_packed", "float16"), ("run_padded", "float16")]
+    calls.clear()
+    verdict = harness(esmfuzz_cache, packed_impl="tests.test_harness:_nan_packed").check(
+        "finite", LAYOUT, explain=False)
+    assert not verdict.ok and verdict.metric == "non_finite"
+    assert verdict.worst["sequence"] == 0 and verdict.worst["token"] == 0
+    assert ("run_padded", "float32") in calls

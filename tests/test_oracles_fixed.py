@@ -189,6 +189,36 @@ def test_finite_logits_are_checked_as_a_layer_after_the_last():
     assert len(both.violations) == 3
 
 
+def _lazy(ref):
+    """``ref`` behind a callable that counts its calls: the reference's forward."""
+    calls = []
+
+    def reference():
+        calls.append(1)
+        return ref
+
+    return reference, calls
+
+
+def test_finite_calls_a_lazy_reference_only_where_a_candidate_is_not_finite():
+    ref = _finite_outputs()
+    reference, calls = _lazy(ref)
+    clean = {"packed": copy_outputs(ref), "padded": copy_outputs(ref)}
+    lazy = finite(clean, reference)
+    assert calls == [] and lazy.ok
+    assert vars(lazy) == vars(finite(clean, ref))
+    nan_in_reference = _finite_outputs()
+    nan_in_reference[0][3][1, 1] = float("nan")
+    cand = copy_outputs(nan_in_reference)
+    for nan_where_reference_is, expected in ((True, True), (False, False)):
+        if not nan_where_reference_is:
+            cand[1]["logits"][2, 0] = float("inf")
+        reference, calls = _lazy(nan_in_reference)
+        lazy = finite({"packed": cand}, reference)
+        assert calls == [1] and lazy.ok is expected
+        assert vars(lazy) == vars(finite({"packed": cand}, nan_in_reference))
+
+
 # --------------------------------------------------------------------------- statistics
 
 
