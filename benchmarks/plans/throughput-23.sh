@@ -16,6 +16,9 @@
 #               takes ~3 min: in under 10 minutes, PAIRS=1 then PAIRS=2, summarized together
 #   3B-before   before alone, 3 runs (for a call whose 3B before-runs did not start)
 #   launches    operations per example, 650M, one worker, after only
+#   650M-finite this tree against .whl/prev (b902d84, before finite's reference ran only on
+#               a NaN or Inf: git archive b902d84 | tar -x -C .whl/prev), --workers auto,
+#               10 s per target, alternated, RUNS of each (default 2, about 8 minutes)
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
 # There (carry [".whl"]):  bash benchmarks/plans/throughput-23.sh PART
@@ -62,6 +65,9 @@ case $part in
     650M-after) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)  # the target alone
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers auto --runs 3 ${NO_MPS:+--mps off} ;;
+    650M-finite) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 10)
+          ckpt esm2_t33_650M_UR50D
+          b "${M[@]}" --workers auto --runs "${RUNS:-2}" --trees .whl/prev . ;;
     650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
