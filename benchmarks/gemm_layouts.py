@@ -19,9 +19,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # graphs.py, beside it
 
 
 def _spread(values) -> str:

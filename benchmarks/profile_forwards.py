@@ -20,7 +20,9 @@ import contextlib
 import functools
 import re
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,6 +34,8 @@ _KINDS = (
     ("reduce", re.compile(r"reduce", re.I)),
     ("elementwise", re.compile(r"elementwise|vectorized|unrolled|gelu|erf|masked_fill", re.I)),
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # graphs.py, beside it
 
 
 def kind_of(kernel: str) -> str:
