@@ -18,7 +18,9 @@
 #   launches    operations per example, 650M, one worker, after only
 #   650M-finite this tree against .whl/prev (b902d84, before finite's reference ran only on
 #               a NaN or Inf: git archive b902d84 | tar -x -C .whl/prev), --workers auto,
-#               10 s per target, alternated, RUNS of each (default 2, about 8 minutes)
+#               10 s per target, alternated, RUNS of each (default 2; a run took 2.5
+#               minutes on an H100 with six workers, so RUNS=2 overran a 590 s call by
+#               one run: RUNS=1 per call, or a 3-run call of the after-tree alone)
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
 # There (carry [".whl"]):  bash benchmarks/plans/throughput-23.sh PART
