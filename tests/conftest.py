@@ -7,6 +7,7 @@ touches the user's ``~/.cache/esmfuzz`` and nothing needs the network.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -18,6 +19,15 @@ from esmfuzz.config import default_profile, hypothesis_settings
 REPO = Path(__file__).resolve().parents[1]
 
 SYNTHETIC_8M = "synthetic:esm2_t6_8M_UR50D"
+
+
+def benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 settings.register_profile("esmfuzz-tests", hypothesis_settings(default_profile()))
 settings.load_profile("esmfuzz-tests")

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from esmfuzz.models.checkpoint import load_model
 from esmfuzz.packing import pad
-from tests.conftest import REPO, SYNTHETIC_8M
-
-
-def _graphs():
-    spec = importlib.util.spec_from_file_location("graphs", REPO / "benchmarks" / "graphs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import SYNTHETIC_8M, benchmark
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +23,7 @@ def model_and_alphabet(esmfuzz_cache):
 ], ids=["one", "padded-with-mask", "same-lengths"])
 def test_the_captured_body_is_fair_esms_forward_bit_for_bit(model_and_alphabet, sequences):
     model, alphabet = model_and_alphabet
-    graphs = _graphs()
+    graphs = benchmark("graphs")
     tokens = pad(sequences, alphabet)
     layers = [0, 3, model.num_layers]
     with torch.inference_mode():
@@ -44,7 +35,7 @@ def test_the_captured_body_is_fair_esms_forward_bit_for_bit(model_and_alphabet, 
 
 
 def test_a_difference_is_reported_with_its_size(model_and_alphabet):
-    graphs = _graphs()
+    graphs = benchmark("graphs")
     first = {1: torch.tensor([1.0, 2.0])}
     assert graphs._same(first, {1: torch.tensor([1.0, 2.0])}) == "identical"
     assert graphs._same(first, {1: torch.tensor([1.0, 2.2])}) == "differ (max rel 1.0e-01)"
@@ -55,7 +46,7 @@ def test_a_captured_forward_replays_the_eager_one_bit_for_bit(model_and_alphabet
     from esmfuzz.models.loading import device_copy
 
     model, alphabet = model_and_alphabet
-    graphs = _graphs()
+    graphs = benchmark("graphs")
     cuda = device_copy(model, "cuda", torch.float16)
     tokens = pad(["MKTAYIAKQR", "GAVLIPF"], alphabet).to("cuda")
     with torch.inference_mode():

@@ -75,14 +75,9 @@ def test_every_property_has_an_oracle_a_runner_and_samples():
 
 def test_one_check_runs_each_forward_once(esmfuzz_cache, monkeypatch):
     """With the default packed forward under test, it is also the second baseline: one run."""
-    import esmfuzz.harness as module
-
-    calls = []
-    for name in ("run_packed", "run_padded"):
-        original = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: (
-            calls.append(_n), _f(*a, **k))[1])
+    forwards = _counting_forwards(monkeypatch)
     verdict = harness(esmfuzz_cache).check("error_ratio", LAYOUT)
+    calls = [name for name, _ in forwards]
     assert verdict.ok, verdict.message()
     assert calls.count("run_packed") == 2  # float16 and float32
     assert calls.count("run_padded") == 3  # the oracle, and fair-esm in float16 and float32

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from esmfuzz.config import Config
 from esmfuzz.harness import Harness
 from esmfuzz.launches import LaunchCounter
-from tests.conftest import REPO, SYNTHETIC_8M
+from tests.conftest import SYNTHETIC_8M, benchmark
 
 
 def test_computing_operations_count_and_views_do_not():
@@ -44,14 +43,6 @@ def test_a_check_counts_each_kind_of_forward(esmfuzz_cache, monkeypatch, one_cpu
         harness.timings["baselines"] + harness.timings["under test"])
 
 
-def _throughput():
-    path = REPO / "benchmarks" / "throughput.py"
-    spec = importlib.util.spec_from_file_location("throughput", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run(number, rate, busy):
     row = {"target": "error_ratio[short]", "examples_per_s": rate, "residues_per_s": 10 * rate,
            "gpu_busy": busy, "per_example": {"launches oracle": 100.0 + number}}
@@ -62,7 +53,7 @@ def _run(number, rate, busy):
 
 
 def test_the_summary_is_the_median_and_range_of_the_runs():
-    summary = _throughput().summarize(
+    summary = benchmark("throughput").summarize(
         [_run(1, 4.0, 0.5), _run(2, 9.0, None), _run(3, 5.0, 0.7)], bound=100.0)
     assert summary["runs"] == 3
     assert summary["examples_per_s"] == {"median": 5.0, "min": 4.0, "max": 9.0}
@@ -78,7 +69,7 @@ def test_the_steady_rate_leaves_out_each_workers_warm_up_slice_and_counts_idle_t
         return {"worker": worker, "examples": examples, "wall_s": wall,
                 "examples_per_s": examples / wall, "began": began}
 
-    throughput = _throughput()
+    throughput = benchmark("throughput")
     rows = [row("gw0", 30, 3.0, 3.0), row("gw0", 1, 3.0, 0.0), row("gw0", 60, 6.0, 6.0),
             row("gw1", 20, 3.0, 3.0), row("gw1", 0, 3.0, 0.0)]
     # gw0: 90 examples in 9 s, fuzzing 12 of 12 s; gw1: 20 in 3 s, fuzzing 6 of 12 s.
@@ -93,11 +84,12 @@ def test_the_oracle_bound_counts_two_flop_per_parameter():
     from esmfuzz.models import parse_spec
 
     parameters = parse_spec(SYNTHETIC_8M).architecture.parameters
-    assert _throughput().oracle_bound(SYNTHETIC_8M, 2e12) == pytest.approx(1e12 / parameters)
+    bound = benchmark("throughput").oracle_bound(SYNTHETIC_8M, 2e12)
+    assert bound == pytest.approx(1e12 / parameters)
 
 
 def test_seconds_per_dtype_are_shares_of_wall_time_and_counts_are_per_example():
-    throughput = _throughput()
+    throughput = benchmark("throughput")
     assert throughput._timed("in float32") and throughput._timed("oracle")
     assert not throughput._timed("launches oracle")
     assert not throughput._timed("read-backs checks")

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.conftest import REPO, SYNTHETIC_8M
-
-
-def _profile():
-    path = REPO / "benchmarks" / "profile_forwards.py"
-    spec = importlib.util.spec_from_file_location("profile_forwards", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import SYNTHETIC_8M, benchmark
 
 
 @pytest.mark.parametrize("kernel, kind", [
@@ -32,12 +22,13 @@ def _profile():
     ("Memset (Device)", "other"),
 ])
 def test_kernels_are_sorted_by_kind(kernel, kind):
-    assert _profile().kind_of(kernel) == kind
+    assert benchmark("profile_forwards").kind_of(kernel) == kind
 
 
 def test_a_dry_run_on_the_cpu_reports_every_forward(esmfuzz_cache, capsys, one_cpu_thread):
-    _profile().main(["--model", SYNTHETIC_8M, "--device", "cpu", "--shapes", "2x12",
-                     "--dtypes", "float32", "float64", "--packed", "--repeats", "1"])
+    benchmark("profile_forwards").main([
+        "--model", SYNTHETIC_8M, "--device", "cpu", "--shapes", "2x12",
+        "--dtypes", "float32", "float64", "--packed", "--repeats", "1"])
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if "kernels" in line and "linear floor" in line]
     assert [line.split(":")[0] for line in lines] == [
