@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -27,9 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # graphs.py, beside it
 
-
-def _spread(values) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+from graphs import _layers, _spread, _tokens  # noqa: E402
 
 
 def _events(fn, repeats: int) -> list[float]:
@@ -53,7 +52,11 @@ def _differ(first, second) -> str:
 
 
 @contextlib.contextmanager
-def blas(library: str):
+def blas(library: str | None):
+    """cuBLAS asked for ``library`` within (None: the default, left as it is)."""
+    if library is None:
+        yield
+        return
     previous = torch.backends.cuda.preferred_blas_library()
     torch.backends.cuda.preferred_blas_library(library)
     try:
@@ -80,26 +83,21 @@ def linears(dtype: torch.dtype, tokens: list[int], shapes: list[tuple[int, int]]
             b = torch.randn(n, device="cuda", dtype=dtype)
             w_cm = w.t().contiguous().t()
             expected = F.linear(x, w, b)
-            variants = {
-                "linear (as fair-esm)": lambda: F.linear(x, w, b),  # noqa: B023
-                "W column-major": lambda: F.linear(x, w_cm, b),  # noqa: B023
-            }
-            for label, fn in variants.items():
-                times = _events(fn, repeats)
+            for label, weight, library in (
+                ("linear (as fair-esm)", w, None),
+                ("W column-major", w_cm, None),
+                ("cublasLt", w, "cublaslt"),
+            ):
+                fn = functools.partial(F.linear, x, weight, b)
+                with blas(library):
+                    times = _events(fn, repeats)
+                    bits = _differ(expected, fn())
                 flop = 2 * m * k * n / statistics.median(times) / 1e9
                 print(f"{str(dtype)[6:]:<8} {f'{m} x {k} -> {n}':<18} {label:<22} "
-                      f"{_spread(times):>20} {flop:>8.1f}  {_differ(expected, fn())}")
-            with blas("cublaslt"):
-                fn = variants["linear (as fair-esm)"]
-                times = _events(fn, repeats)
-                flop = 2 * m * k * n / statistics.median(times) / 1e9
-                print(f"{str(dtype)[6:]:<8} {f'{m} x {k} -> {n}':<18} {'cublasLt':<22} "
-                      f"{_spread(times):>20} {flop:>8.1f}  {_differ(expected, fn())}")
+                      f"{_spread(times):>20} {flop:>8.1f}  {bits}")
 
 
 def forwards(model_name: str, dtypes: list[str], shapes: list[str], repeats: int) -> None:
-    from graphs import _layers, _tokens
-
     from esmfuzz.forward import _float64_softmax
     from esmfuzz.models.checkpoint import load_model
     from esmfuzz.models.loading import device_copy
