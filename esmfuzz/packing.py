@@ -16,6 +16,7 @@ from esmfuzz.alphabet import validate_sequence
 from esmfuzz.errors import EsmfuzzError
 
 __all__ = [
+    "PADDED_BATCH_TOKENS",
     "PackedBatch",
     "PackingError",
     "check_packed",
@@ -116,6 +117,12 @@ def pack(
     tokens = torch.tensor([t for c in chunks for t in c], dtype=torch.long)
     batch = PackedBatch(tokens, cu_seqlens, int(lengths.max()))
     return batch.to(device) if device is not None else batch
+
+
+PADDED_BATCH_TOKENS = 4096
+"""The most tokens, padding included, esmfuzz puts in one padded batch of several
+sequences: the workspace its memory estimate plans for. Eight 650M workers on one H200
+ran out of memory on a float64 batch of 141 x 172 tokens of a crowded pack."""
 
 
 def pad(sequences: Sequence[str], alphabet) -> torch.Tensor:

@@ -14,6 +14,7 @@ from esmfuzz.config import dtype_name
 from esmfuzz.errors import EsmfuzzError
 from esmfuzz.models.loading import LOADINGS
 from esmfuzz.models.spec import Architecture, ModelSpec, parse_spec
+from esmfuzz.packing import PADDED_BATCH_TOKENS
 
 
 class InsufficientMemory(EsmfuzzError, RuntimeError):
@@ -132,13 +133,14 @@ def estimate_memory(
     oracle_dtype: torch.dtype | None = torch.float64,
     loading: str = "together",
     device_limit: int | None = None,
-    max_tokens: int = 4096,
+    max_tokens: int = PADDED_BATCH_TOKENS,
 ) -> MemoryEstimate:
     """Bytes needed for the pair before anything is loaded.
 
-    The workspace term is the largest attention-score block of a padded forward
-    of ``max_tokens`` tokens (B x H x T x T in FP32) plus 16 activations of
-    [tokens, 4D]: measured loosely, it keeps the estimate on the safe side.
+    The workspace term is the largest attention-score block of a padded forward of
+    ``max_tokens`` tokens (B x H x T x T in FP32; esmfuzz's padded batches hold no more)
+    plus 16 activations of [tokens, 4D]: measured loosely, it keeps the estimate on the
+    safe side.
     ``together``: every copy on the device, the FP32 model it is made from on the host.
     ``sequential``: every copy on the host, the largest on the device at a time.
     ``device_limit``: bytes esmfuzz may use on the device, where less than is free.

@@ -1,0 +1,101 @@
+"""Tokens and calls of esmfuzz's padded forwards on the examples each fuzz target draws.
+
+Every padded forward (fair-esm's baseline, the FP32 path, the float64 oracle) splits a
+pack into :func:`esmfuzz.forward.length_buckets` batches. This draws each target's
+examples as a soak does (the soak profile's crowded limits for ``--device``, ``--examples``
+per target, ``--seed``; no model runs) and prints, per target, the tokens of the
+sequences, the padded tokens and the calls of the batches now, beside the rule before
+(longest first, a batch grown while it padded at most 1.5x its tokens)::
+
+    python benchmarks/padded_batches.py --device cuda --examples 40 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hypothesis import given, settings  # noqa: E402
+
+from esmfuzz.alphabet import residue_count  # noqa: E402
+from esmfuzz.config import Config, hypothesis_settings, read_pyproject  # noqa: E402
+from esmfuzz.forward import length_buckets  # noqa: E402
+from esmfuzz.reach import profile_config  # noqa: E402
+from esmfuzz.registry import PROPERTIES, targets  # noqa: E402
+from esmfuzz.session import seeded, target_id  # noqa: E402
+
+
+def _before(lengths: list[int]) -> list[list[int]]:
+    """The batches of main at 9eb36b0: greedy, each padded by at most half its tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group and lengths[group[0]] * (len(group) + 1) <= 1.5 * (
+            sum(lengths[j] for j in group) + lengths[i]
+        ):
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _padded(lengths: list[int], groups: list[list[int]]) -> tuple[int, int, int]:
+    """(padded tokens, calls, the largest batch's padded tokens)."""
+    sizes = [len(g) * (max(lengths[i] for i in g) + 2) for g in groups]
+    return sum(sizes), len(groups), max(sizes)
+
+
+def _draws(config: Config, target, examples: int, seed: int) -> list:
+    prop, stratum = target
+    drawn = []
+
+    @settings(hypothesis_settings("dev"), max_examples=examples, database=None)
+    @given(sample=PROPERTIES[prop].samples(config, stratum))
+    def test(sample):
+        drawn.append(sample)
+
+    seeded(test, target_id(prop, stratum), seed)()
+    return drawn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="whose crowded limits (cpu, cuda)")
+    parser.add_argument("--examples", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    config = profile_config(Config.from_mapping({**read_pyproject(ROOT), "device": args.device}),
+                            "soak")
+    print(f"soak limits on {args.device}: {config.crowd_sequences} sequences, "
+          f"{config.crowd_tokens} tokens per crowded pack; {args.examples} examples per "
+          f"target, seed {args.seed}")
+    print(f"{'target':<28}{'tokens':>9}{'padded before':>15}{'calls':>7}{'largest':>9}"
+          f"{'padded now':>12}{'calls':>7}{'largest':>9}")
+    totals = [0] * 5
+    for target in targets():
+        row = [0] * 5
+        most = [0, 0]
+        for sample in _draws(config, target, args.examples, args.seed):
+            lengths = [residue_count(s) for s in sample.sequences]
+            before = _padded(lengths, _before(lengths))
+            now = _padded(lengths, length_buckets(lengths))
+            for k, value in enumerate((sum(n + 2 for n in lengths), *before[:2], *now[:2])):
+                row[k] += value
+            most = [max(most[0], before[2]), max(most[1], now[2])]
+        totals = [t + r for t, r in zip(totals, row)]
+        name = f"{target[0]}[{target[1] or 'mixed'}]"
+        print(f"{name:<28}{row[0]:>9}{row[1]:>15}{row[2]:>7}{most[0]:>9}{row[3]:>12}"
+              f"{row[4]:>7}{most[1]:>9}")
+    print(f"{'all':<28}{totals[0]:>9}{totals[1]:>15}{totals[2]:>7}{'':>9}{totals[3]:>12}"
+          f"{totals[4]:>7}")
+    print(f"padded tokens now / before: {totals[3] / totals[1]:.3f}; calls: "
+          f"{totals[4] / totals[2]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
