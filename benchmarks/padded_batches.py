@@ -4,8 +4,8 @@ Every padded forward (fair-esm's baseline, the FP32 path, the float64 oracle) sp
 pack into :func:`esmfuzz.forward.length_buckets` batches. This draws each target's
 examples as a soak does (the soak profile's crowded limits for ``--device``, ``--examples``
 per target, ``--seed``; no model runs) and prints, per target, the tokens of the
-sequences, the padded tokens and the calls of the batches now, beside the rule before
-(longest first, a batch grown while it padded at most 1.5x its tokens)::
+sequences, the padded tokens, the calls and the largest batch now (at most
+``PADDED_BATCH_TOKENS`` tokens a batch), beside the same rule without that cap::
 
     python benchmarks/padded_batches.py --device cuda --examples 40 --seed 1
 """
@@ -30,18 +30,8 @@ from esmfuzz.session import seeded, target_id  # noqa: E402
 
 
 def _before(lengths: list[int]) -> list[list[int]]:
-    """The batches of main at 9eb36b0: greedy, each padded by at most half its tokens."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    groups: list[list[int]] = []
-    for i in order:
-        group = groups[-1] if groups else None
-        if group and lengths[group[0]] * (len(group) + 1) <= 1.5 * (
-            sum(lengths[j] for j in group) + lengths[i]
-        ):
-            group.append(i)
-        else:
-            groups.append([i])
-    return groups
+    """The batches of main at 9eb36b0: the same rule without the cap on a batch's tokens."""
+    return length_buckets(lengths, max_tokens=sys.maxsize)
 
 
 def _padded(lengths: list[int], groups: list[list[int]]) -> tuple[int, int, int]:

@@ -155,46 +155,32 @@ def test_run_padded_cuts_padding_off(fp32_pair):
     assert torch.count_nonzero(out[2][0][1]) == 0 and torch.count_nonzero(out[2][0][0]) > 0
 
 
-def test_length_buckets_group_long_and_short_apart():
+def test_length_buckets_bound_the_padding():
     assert length_buckets([1000, 10, 12, 900, 11]) == [[0, 3], [2, 4, 1]]
     assert length_buckets([5]) == [[0]]
     assert length_buckets([]) == []
     assert length_buckets([3, 3, 3]) == [[0, 1, 2]]
-    assert length_buckets([1022, *range(1, 40)])[0] == [0]
-    assert length_buckets([1022, *range(1, 40)], call_tokens=600) == [[0], list(range(39, 0, -1))]
-    assert length_buckets([300, 100], call_tokens=0) == [[0], [1]]
-    assert length_buckets([300, 100], call_tokens=1000) == [[0, 1]]
-    assert length_buckets([300, 100], call_tokens=1000, max_tokens=600) == [[0], [1]]
-    assert length_buckets([1022, 1022], max_tokens=512) == [[0], [1]]
+    lengths = [1022, *range(1, 40)]
+    for group in length_buckets(lengths):
+        padded = max(lengths[i] for i in group) * len(group)
+        assert padded <= 1.5 * sum(lengths[i] for i in group) or len(group) == 1
 
 
-def _cost(lengths, groups, call_tokens):
-    return sum(len(g) * (max(lengths[i] for i in g) + 2) + call_tokens for g in groups)
-
-
-def _fits(lengths, group, max_tokens):
-    return len(group) == 1 or len(group) * (max(lengths[i] for i in group) + 2) <= max_tokens
-
-
-@settings(max_examples=80, deadline=None)
-@given(lengths=st.lists(st.integers(1, 1022), min_size=1, max_size=8),
-       call_tokens=st.sampled_from([0, 64, 256, 2048]),
-       max_tokens=st.sampled_from([1, 1024, 2048, 4096, 10**6]))
-def test_length_buckets_cost_the_least_of_every_partition(lengths, call_tokens, max_tokens):
-    """Against every contiguous partition of the sorted lengths whose batches fit."""
-    groups = length_buckets(lengths, call_tokens=call_tokens, max_tokens=max_tokens)
-    assert all(_fits(lengths, g, max_tokens) for g in groups)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 1022), max_size=300),
+       max_tokens=st.sampled_from([1, 1024, 4096]))
+def test_length_buckets_bound_the_batch(lengths, max_tokens):
+    """No batch of several sequences holds more than ``max_tokens`` tokens, padding
+    included (a crowded pack of 16384 tokens in one float64 batch ran eight H200 workers
+    out of memory); every index is in one batch, longest first."""
+    groups = length_buckets(lengths, max_tokens=max_tokens)
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     assert [i for g in groups for i in g] == order
-    partitions = (
-        [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))]
-        for mask in range(2 ** (len(order) - 1))
-        for cuts in [tuple(k + 1 for k in range(len(order) - 1) if mask >> k & 1)]
-    )
-    best = min(_cost(lengths, p, call_tokens) for p in partitions
-               if all(_fits(lengths, g, max_tokens) for g in p))
-    assert _cost(lengths, groups, call_tokens) == best
+    for group in groups:
+        tokens = len(group) * (max(lengths[i] for i in group) + 2)
+        assert tokens <= max_tokens or len(group) == 1
+    if len(lengths) * (max(lengths, default=0) + 2) <= 4096:
+        assert length_buckets(lengths) == length_buckets(lengths, max_tokens=10**9)
 
 
 def test_run_padded_bucketed_keeps_the_order_and_the_values(fp32_pair):
