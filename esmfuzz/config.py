@@ -108,6 +108,10 @@ class Thresholds:
     statistics_ratio: float = 3.0
     """A statistic also passes within this factor of fair-esm's own padded value in the
     candidate dtype (bfloat16 alone moves 650M embeddings past mean_abs_diff 0.01)."""
+    precision_ratio: float = 3.0
+    """A cosine below its threshold also passes where its distance from 1 is within this
+    factor of fair-esm's own padded forward's in the candidate dtype (bfloat16 alone took
+    one 650M sequence to residue-mean cosine 0.9705 of float32)."""
     embedding_cosine: float = 0.99
     """--esm-compare quantized: least cosine of a residue-mean final embedding to float32's."""
     logit_drift: float = 2.0
@@ -127,7 +131,7 @@ class Thresholds:
             value = getattr(self, f.name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"threshold {f.name}={value!r} must be a finite number >= 0")
-        for name in ("error_ratio", "context_ratio", "statistics_ratio"):
+        for name in ("error_ratio", "context_ratio", "statistics_ratio", "precision_ratio"):
             if getattr(self, name) == 0:
                 raise ConfigError(f"threshold {name}=0.0 must be above 0 (it multiplies a "
                                  f"baseline's own value)")

@@ -291,21 +291,45 @@ class _Checks:
 
 
 def precision(
-    candidate: Outputs, reference: Outputs, thresholds: Thresholds, *, name: str = "precision"
+    candidate: Outputs, reference: Outputs, thresholds: Thresholds, *, name: str = "precision",
+    baseline: Outputs | None = None,
 ) -> Verdict:
-    """Residue-mean cosine and per-token minimum cosine of every sequence and layer."""
+    """Residue-mean cosine and per-token minimum cosine of every sequence and layer.
+
+    Each passes above its threshold, or, given ``baseline`` (fair-esm's padded forward in
+    the candidate's dtype), where its distance from 1 is within ``precision_ratio`` times
+    the baseline's own: bfloat16 alone took one 650M sequence to residue-mean cosine 0.9705
+    of float32 (on a CPU and on an H200), and that is the model, not the code under test.
+    """
     checks = _Checks(name)
-    found = [(s, layer, metrics.cosines(cand[layer], ref[layer]))
+    k = thresholds.precision_ratio
+    pairs = [(s, layer, cand[layer], ref[layer])
              for s, (cand, ref) in enumerate(zip(candidate, reference, strict=True))
              for layer in sorted(ref, key=layer_order)]
+    own_pairs = [] if baseline is None else [
+        (own[layer], ref[layer]) for own, ref in zip(baseline, reference, strict=True)
+        for layer in sorted(ref, key=layer_order)]
+    found = [metrics.cosines(c, r) for *_, c, r in pairs] + [
+        metrics.cosines(c, r) for c, r in own_pairs]
     # One read-back for every sequence and layer.
-    values = torch.stack([c for *_, c in found]).tolist() if found else []
-    for (s, layer, _), (sequence_cos, token_min, token) in zip(found, values):
-        checks.check("sequence_cosine", sequence_cos, thresholds.sequence_cosine,
+    values = torch.stack(found).tolist() if found else []
+    own = values[len(pairs):] or [None] * len(pairs)
+    for (s, layer, *_), (sequence_cos, token_min, token), mine in zip(pairs, values, own):
+        sequence_bound, token_bound = thresholds.sequence_cosine, thresholds.token_cosine
+        if mine is not None:
+            sequence_bound = _widened(sequence_bound, mine[0], k)
+            token_bound = _widened(token_bound, mine[1], k)
+        checks.check("sequence_cosine", sequence_cos, sequence_bound,
                      at_least=True, layer=layer, sequence=s)
-        checks.check("token_cosine_min", token_min, thresholds.token_cosine,
+        checks.check("token_cosine_min", token_min, token_bound,
                      at_least=True, layer=layer, sequence=s, token=int(token))
     return checks.done()
+
+
+def _widened(threshold: float, own: float, k: float) -> float:
+    """The lower of ``threshold`` and a cosine ``k`` times as far from 1 as ``own``."""
+    relaxed = 1.0 - k * (1.0 - own)
+    return min(threshold, relaxed) if math.isfinite(relaxed) else threshold
 
 
 def _pooled(errors: Sequence[tuple[float, float, int]]) -> tuple[float, float, int]:

@@ -103,7 +103,8 @@ def _precision(harness, sample: Sample, layers, *, packed: bool) -> Verdict:
         candidate = harness.padded(pair.candidate, seqs, layers)
     reference = harness.baseline(pair.reference, seqs, layers)
     name = "packed_precision" if packed else "precision"
-    return P.precision(candidate, reference, harness.thresholds, name=name)
+    return P.precision(candidate, reference, harness.thresholds, name=name,
+                       baseline=harness.baseline(pair.candidate, seqs, layers))
 
 
 def _error_ratio(harness, sample: Sample, layers) -> Verdict:

@@ -123,3 +123,18 @@ def test_finite_runs_the_reference_only_for_a_candidate_that_is_not_finite(
     assert not verdict.ok and verdict.metric == "non_finite"
     assert verdict.worst["sequence"] == 0 and verdict.worst["token"] == 0
     assert ("run_padded", "float32") in calls
+
+
+def test_precision_bounds_come_from_fair_esms_own_candidate_dtype_forward(
+    esmfuzz_cache, monkeypatch
+):
+    """packed_precision also runs fair-esm's padded forward in float16, whose own cosine can
+    widen the bound; precision's padded candidate is that forward, so it costs nothing."""
+    calls = _counting_forwards(monkeypatch)
+    h = harness(esmfuzz_cache)
+    assert h.check("packed_precision", LAYOUT).ok
+    assert calls == [("run_packed", "float16"), ("run_padded", "float32"),
+                     ("run_padded", "float16")]
+    calls.clear()
+    assert h.check("precision", LAYOUT).ok
+    assert calls == [("run_padded", "float16"), ("run_padded", "float32")]

@@ -118,6 +118,61 @@ def test_precision_nan_fails():
     assert verdict.margin == float("-inf")
 
 
+def _turned(ref, cos, seed):
+    """``ref`` with its residue mean turned by exactly acos(cos)."""
+    m = metrics.residue_mean(ref)
+    out = ref.clone()
+    out[1:-1] += rotate(m, cos, seed=seed) - m
+    return out
+
+
+@pytest.mark.parametrize("cos,ok", [(0.979 + 1e-6, True), (0.979 - 1e-6, False)])
+def test_precision_baseline_widens_the_bound(cos, ok):
+    """Below 0.99, a sequence cosine passes within precision_ratio x the distance from 1
+    of fair-esm's own (0.993: bound 1 - 3 x 0.007 = 0.979), and fails just past that."""
+    th = Thresholds()
+    ref = unit_reference(8, seed=95)
+    own, cand = _turned(ref, 0.993, seed=96), _turned(ref, cos, seed=97)
+    verdict = precision([{4: cand}], [{4: ref}], th, baseline=[{4: own}])
+    assert verdict.ok is ok, verdict.message()
+    assert verdict.metric == "sequence_cosine"
+    assert verdict.value == pytest.approx(cos, abs=1e-12)
+    assert verdict.threshold == pytest.approx(0.979, abs=1e-12)
+    assert not precision([{4: cand}], [{4: ref}], th).ok  # the fixed 0.99 alone
+
+
+@pytest.mark.parametrize("token", [0, 5])
+def test_precision_baseline_widens_the_token_bound(token):
+    """The same for the smallest token cosine: fair-esm's own 0.9 gives 1 - 3 x 0.1 = 0.7."""
+    th = Thresholds()
+    ref = unit_reference(8, seed=98)
+    own, cand = ref.clone(), ref.clone()
+    own[2] = rotate(ref[2], 0.9, seed=99)
+    cand[token] = rotate(ref[token], 0.75, seed=100)
+    verdict = precision([{1: cand}], [{1: ref}], th, baseline=[{1: own}])
+    assert verdict.ok, verdict.message()
+    assert verdict.metric == "token_cosine_min"
+    assert verdict.threshold == pytest.approx(0.7, abs=1e-12)
+    cand[token] = rotate(ref[token], 0.69, seed=100)
+    failed = precision([{1: cand}], [{1: ref}], th, baseline=[{1: own}])
+    assert not failed.ok and failed.worst["token"] == token
+
+
+def test_precision_close_baseline_keeps_the_fixed_threshold():
+    """fair-esm's own within (1 - 0.99) / 3 of 1 never makes the bound tighter than 0.99;
+    a baseline that is the candidate itself (the default padded forward) passes."""
+    th = Thresholds()
+    ref = unit_reference(8, seed=101)
+    own, cand = _turned(ref, 0.999, seed=102), _turned(ref, 0.991, seed=103)
+    verdict = precision([{0: cand}], [{0: ref}], th, baseline=[{0: own}])
+    assert verdict.ok and verdict.threshold == 0.99
+    low = _turned(ref, 0.97, seed=104)
+    assert precision([{0: low}], [{0: ref}], th, baseline=[{0: low.clone()}]).ok
+    nan = ref.clone()
+    nan[2, 0] = float("nan")
+    assert not precision([{0: nan}], [{0: ref}], th, baseline=[{0: nan.clone()}]).ok
+
+
 # --------------------------------------------------------------------------- finite
 
 

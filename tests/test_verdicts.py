@@ -50,6 +50,7 @@ def test_thresholds_defaults():
         "l2_norm_rel_diff": 0.05,
         "outlier_rel_diff": 0.25,
         "statistics_ratio": 3.0,
+        "precision_ratio": 3.0,
         "embedding_cosine": 0.99,
         "logit_drift": 2.0,
         "log_prob_drift": 1.0,
@@ -153,7 +154,8 @@ def test_sample_variant_without_variant_target_is_a_value_error():
 # --------------------------------------------------------------------------- zero ratios
 
 
-@pytest.mark.parametrize("name", ["error_ratio", "context_ratio", "statistics_ratio"])
+@pytest.mark.parametrize("name", ["error_ratio", "context_ratio", "statistics_ratio",
+                                  "precision_ratio"])
 def test_zero_ratio_is_rejected(name):
     with pytest.raises(ValueError, match=f"{name}=0.0 must be above 0"):
         Thresholds(**{name: 0.0})
