@@ -21,11 +21,11 @@
 #               10 s per target, alternated, RUNS of each (default 2; a run took 2.5
 #               minutes on an H100 with six workers, so RUNS=2 overran a 590 s call by
 #               one run: RUNS=1 per call, or a 3-run call of the after-tree alone)
-#   650M-buckets this tree against .whl/prev (9eb36b0, before the padded forwards' batches
-#               cost the fewest padded tokens plus CALL_TOKENS per call: git archive
-#               9eb36b0 | tar -x -C .whl/prev), --workers auto, 10 s per target, in the
-#               ORDER given (default "prev new prev"; 3 runs fit one call): run it again
-#               with ORDER="new prev new" and --summarize both files together
+#   650M-buckets this tree against .whl/prev (git archive 9eb36b0 | tar -x -C .whl/prev),
+#               --workers auto, 10 s per target, in the ORDER given (default "prev new
+#               prev"; 3 runs fit one call): run it again with ORDER="new prev new" and
+#               --summarize both files together (its run on an H200 had 247d5f2 as this
+#               tree, the cost-based padded batches that were not kept)
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
 # There (carry [".whl"]):  bash benchmarks/plans/throughput-23.sh PART
