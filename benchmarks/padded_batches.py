@@ -53,12 +53,12 @@ def _draws(config: Config, target, examples: int, seed: int) -> list:
     return drawn
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="whose crowded limits (cpu, cuda)")
     parser.add_argument("--examples", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = profile_config(Config.from_mapping({**read_pyproject(ROOT), "device": args.device}),
                             "soak")
     print(f"soak limits on {args.device}: {config.crowd_sequences} sequences, "
