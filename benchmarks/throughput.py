@@ -113,11 +113,21 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) ->
     done = subprocess.run(command, env=env, cwd=logs, capture_output=True, text=True)
     ended = time.time()
     sampler.stop()
-    if done.returncode not in (0, 1):
-        sys.exit(f"pytest failed ({done.returncode}):\n{done.stdout[-4000:]}{done.stderr[-2000:]}")
     processes = [json.loads(p.read_text()) for p in sorted(logs.glob("*.json"))]
-    if not any(t["examples"] for p in processes for t in p["targets"].values()):
-        sys.exit(f"no example ran; pytest said:\n{done.stdout[-6000:]}{done.stderr[-2000:]}")
+    described = {
+        "run": number, "tree": str(tree), "model": args.model, "device": args.device,
+        "device_name": processes[0].get("device", args.device) if processes else args.device,
+        "dtype": args.dtype, "workers": workers, "workers_asked": args.workers,
+        "targets": list(args.targets), "dist": args.dist if workers > 1 else None,
+        "sharing": sharing.why if sharing else None,
+        "seconds_per_target": args.seconds, "timings": args.timings, "launches": args.launches,
+    }
+    failed = (f"pytest exited {done.returncode}" if done.returncode not in (0, 1) else
+              "no example ran" if not any(t["examples"] for p in processes
+                                          for t in p["targets"].values()) else None)
+    if failed:
+        return {**described, "failed": failed, "wall_s": ended - began,
+                "output": done.stdout[-4000:] + done.stderr[-2000:]}
     rows = []
     for proc in processes:
         gpu = _gpu_index(proc.get("device", ""))
@@ -144,13 +154,7 @@ def run(args, workers: int, number: int = 1, tree: Path = REPO, sharing=None) ->
     total = sum(r["examples"] for r in rows)
     residues = sum(t.get("residues", 0) for p in processes for t in p["targets"].values())
     return {
-        "run": number, "tree": str(tree), "model": args.model, "device": args.device,
-        "device_name": processes[0].get("device", args.device), "dtype": args.dtype,
-        "workers": workers, "workers_asked": args.workers, "targets": list(args.targets),
-        "dist": args.dist if workers > 1 else None,
-        "sharing": sharing.why if sharing else None,
-        "seconds_per_target": args.seconds, "timings": args.timings, "launches": args.launches,
-        "rows": rows, "examples": total, "examples_per_s": total / span,
+        **described, "rows": rows, "examples": total, "examples_per_s": total / span,
         "residues_per_s": residues / span, "gpu_busy": sampler.busy(*active),
         "wall_s": ended - began, "fuzzing_s": span,
     }
@@ -222,7 +226,12 @@ def oracle_bound(model: str, flops: float) -> float:
 
 
 def summarize(runs: list[dict], bound: float | None) -> dict:
-    """Median, min and max over the runs of each figure, overall and per target."""
+    """Median, min and max over the runs of each figure, overall and per target; runs that
+    failed count apart (``failed``: why each did), so that none is lost from the record."""
+    failed = [r["failed"] for r in runs if r.get("failed")]
+    runs = [r for r in runs if not r.get("failed")]
+    if not runs:
+        return {"summary": True, "runs": 0, "failed": failed}
     def spread(values):
         values = [v for v in values if v is not None]
         if not values:
@@ -255,6 +264,7 @@ def summarize(runs: list[dict], bound: float | None) -> dict:
         "targets": first["targets"],
         "seconds_per_target": first["seconds_per_target"],
         "oracle_bound_residues_per_s": bound, **figures, "per_target": per_target,
+        "failed": failed,
     }
 
 
@@ -277,6 +287,10 @@ def _spread(figure, fmt="{:.2f}", scale=1.0) -> str:
 
 
 def show_run(result: dict) -> None:
+    if result.get("failed"):
+        print(f"run {result['run']} of {result['tree']} FAILED ({result['failed']}), counted "
+              f"apart from the figures; its output ends:\n{result['output']}")
+        return
     print(f"run {result['run']} of {result['tree']}: {result['model']} on {result['device_name']}, "
           f"{result['dtype']}, {result['workers']} worker(s) ({result['sharing']}"
           + (f"; --dist {result['dist']}" if result.get("dist") else "") + "), "
@@ -300,6 +314,12 @@ def show_run(result: dict) -> None:
 
 
 def show_summary(summary: dict, peak: tuple[float, str] | None) -> None:
+    failed = summary.get("failed") or []
+    if failed:
+        print(f"\n{len(failed)} run(s) failed, left out of the figures below: "
+              + "; ".join(failed))
+    if not summary["runs"]:
+        return
     print(f"\n{summary['runs']} run(s) of {summary['tree']}: {summary['model']} on "
           f"{summary['device_name']}, "
           f"{summary['dtype']}, {summary['workers']} worker(s) (asked: "

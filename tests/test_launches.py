@@ -64,6 +64,26 @@ def test_the_summary_is_the_median_and_range_of_the_runs():
                                                        "max": 103.0}
 
 
+def test_a_failed_run_is_counted_apart_not_lost(capsys):
+    """A run whose pytest failed (eight workers out of memory, say) is kept in the record
+    and named in the summary, and leaves the figures to the runs that finished."""
+    throughput = benchmark("throughput")
+    failed = {**_run(2, 0.0, None), "tree": "/before", "failed": "pytest exited 3",
+              "output": "2 failed"}
+    summary = throughput.summarize([_run(1, 4.0, 0.5), failed, _run(3, 6.0, 0.7)], bound=None)
+    assert summary["runs"] == 2 and summary["failed"] == ["pytest exited 3"]
+    assert summary["examples_per_s"] == {"median": 5.0, "min": 4.0, "max": 6.0}
+    throughput.show_summary(summary, None)
+    throughput.show_run(failed)
+    out = capsys.readouterr().out
+    assert "1 run(s) failed, left out of the figures below: pytest exited 3" in out
+    assert "2 run(s) of" in out and "run 2 of" in out and "FAILED (pytest exited 3)" in out
+    alone = throughput.summarize([failed], bound=None)
+    assert alone == {"summary": True, "runs": 0, "failed": ["pytest exited 3"]}
+    throughput.show_summary(alone, None)
+    assert "1 run(s) failed" in capsys.readouterr().out
+
+
 def test_the_steady_rate_leaves_out_each_workers_warm_up_slice_and_counts_idle_time():
     def row(worker, examples, wall, began):
         return {"worker": worker, "examples": examples, "wall_s": wall,
