@@ -110,8 +110,8 @@ class Thresholds:
     candidate dtype (bfloat16 alone moves 650M embeddings past mean_abs_diff 0.01)."""
     precision_ratio: float = 3.0
     """A cosine below its threshold also passes where its distance from 1 is within this
-    factor of fair-esm's own padded forward's in the candidate dtype (bfloat16 alone took
-    one 650M sequence to residue-mean cosine 0.9705 of float32)."""
+    factor of fair-esm's own padded forward's in the candidate dtype (fair-esm's bfloat16
+    forward took one 650M sequence to residue-mean cosine 0.9705 of float32)."""
     embedding_cosine: float = 0.99
     """--esm-compare quantized: least cosine of a residue-mean final embedding to float32's."""
     logit_drift: float = 2.0
