@@ -24,8 +24,8 @@
 #   650M-buckets this tree against .whl/prev (git archive 9eb36b0 | tar -x -C .whl/prev),
 #               --workers auto, 10 s per target, in the ORDER given (default "prev new
 #               prev"; 3 runs fit one call): run it again with ORDER="new prev new" and
-#               --summarize both files together (its run on an H200 had 247d5f2 as this
-#               tree, the cost-based padded batches that were not kept)
+#               --summarize both files together (its run on an H200 had as this tree the
+#               cost-based padded batches that were not kept, without 247d5f2's cap)
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
 # There (carry [".whl"]):  bash benchmarks/plans/throughput-23.sh PART
