@@ -26,6 +26,9 @@
 #               prev"; 3 runs fit one call): run it again with ORDER="new prev new" and
 #               --summarize both files together (its run on an H200 had as this tree the
 #               cost-based padded batches that were not kept, without 247d5f2's cap)
+#   650M-workers this tree, 650M, 10 s per target, one run per entry of WORKERS (default
+#               "auto 6 auto"; 3 runs fit one call; then "6 auto 6"): on an H200 auto is 8
+#               under MPS, and 8 were not faster than 6 on an H100 in another session
 # Here, once: pip download --no-deps -d .whl fair-esm==2.0.0
 #             mkdir -p .whl/before && git archive 5a31352 | tar -x -C .whl/before
 # There (carry [".whl"]):  bash benchmarks/plans/throughput-23.sh PART
@@ -81,6 +84,9 @@ case $part in
               if [ "$tree" = prev ]; then b "${M[@]}" --workers auto --trees .whl/prev
               else b "${M[@]}" --workers auto; fi
           done ;;
+    650M-workers) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 10)
+          ckpt esm2_t33_650M_UR50D
+          for n in ${WORKERS:-auto 6 auto}; do b "${M[@]}" --workers "$n"; done ;;
     650M-one) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 3)
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers 1 --runs 3 --trees .whl/before . ;;
