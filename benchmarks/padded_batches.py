@@ -2,8 +2,8 @@
 
 Every padded forward (fair-esm's baseline, the FP32 path, the float64 oracle) splits a
 pack into :func:`esmfuzz.forward.length_buckets` batches. This draws each target's
-examples as a soak does (the soak profile's crowded limits for ``--device``, ``--examples``
-per target, ``--seed``; no model runs) and prints, per target, the tokens of the
+examples (the soak profile's crowded limits for ``--device``; the dev profile's draws,
+``--examples`` per target, ``--seed``; no model runs) and prints, per target, the tokens of the
 sequences, the padded tokens, the calls and the largest batch now (at most
 ``PADDED_BATCH_TOKENS`` tokens a batch), beside the same rule without that cap::
 
@@ -19,14 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hypothesis import given, settings  # noqa: E402
-
 from esmfuzz.alphabet import residue_count  # noqa: E402
-from esmfuzz.config import Config, hypothesis_settings, read_pyproject  # noqa: E402
+from esmfuzz.config import Config, read_pyproject  # noqa: E402
 from esmfuzz.forward import length_buckets  # noqa: E402
-from esmfuzz.reach import profile_config  # noqa: E402
-from esmfuzz.registry import PROPERTIES, targets  # noqa: E402
-from esmfuzz.session import seeded, target_id  # noqa: E402
+from esmfuzz.reach import draws, profile_config  # noqa: E402
+from esmfuzz.registry import targets  # noqa: E402
 
 
 def _before(lengths: list[int]) -> list[list[int]]:
@@ -38,19 +35,6 @@ def _padded(lengths: list[int], groups: list[list[int]]) -> tuple[int, int, int]
     """(padded tokens, calls, the largest batch's padded tokens)."""
     sizes = [len(g) * (max(lengths[i] for i in g) + 2) for g in groups]
     return sum(sizes), len(groups), max(sizes)
-
-
-def _draws(config: Config, target, examples: int, seed: int) -> list:
-    prop, stratum = target
-    drawn = []
-
-    @settings(hypothesis_settings("dev"), max_examples=examples, database=None)
-    @given(sample=PROPERTIES[prop].samples(config, stratum))
-    def test(sample):
-        drawn.append(sample)
-
-    seeded(test, target_id(prop, stratum), seed)()
-    return drawn
 
 
 def main(argv=None) -> None:
@@ -70,7 +54,8 @@ def main(argv=None) -> None:
     for target in targets():
         row = [0] * 5
         most = [0, 0]
-        for sample in _draws(config, target, args.examples, args.seed):
+        for sample in draws(target, config, profile="dev", seed=args.seed,
+                            max_examples=args.examples):
             lengths = [residue_count(s) for s in sample.sequences]
             before = _padded(lengths, _before(lengths))
             now = _padded(lengths, length_buckets(lengths))

@@ -33,12 +33,15 @@ def profile_config(config: Config, profile: str) -> Config:
     return dataclasses.replace(config, crowd_sequences=most, crowd_tokens=tokens)
 
 
-def draws(target: Target, config: Config, *, profile: str, seed: int | None) -> list[Sample]:
-    """The samples a run of ``target`` under ``profile`` and ``--esm-seed seed`` checks."""
+def draws(target: Target, config: Config, *, profile: str, seed: int | None,
+          max_examples: int | None = None) -> list[Sample]:
+    """The samples a run of ``target`` under ``profile`` and ``--esm-seed seed`` checks
+    (the first ``max_examples`` of them, where the profile's run has no end, as soak's)."""
     prop, stratum = target
     drawn: list[Sample] = []
+    limit = {} if max_examples is None else {"max_examples": max_examples}
 
-    @settings(hypothesis_settings(profile), database=None)
+    @settings(hypothesis_settings(profile), database=None, **limit)
     @given(sample=PROPERTIES[prop].samples(config, stratum))
     def test(sample):
         drawn.append(sample)

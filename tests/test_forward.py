@@ -32,7 +32,7 @@ from esmfuzz.forward import (
     run_padded,
 )
 from esmfuzz.models import model_pair
-from esmfuzz.packing import PackingError, pack
+from esmfuzz.packing import PADDED_BATCH_TOKENS, PackingError, pack
 from esmfuzz.properties import Thresholds, error_ratio
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -179,7 +179,7 @@ def test_length_buckets_bound_the_batch(lengths, max_tokens):
     for group in groups:
         tokens = len(group) * (max(lengths[i] for i in group) + 2)
         assert tokens <= max_tokens or len(group) == 1
-    if len(lengths) * (max(lengths, default=0) + 2) <= 4096:
+    if len(lengths) * (max(lengths, default=0) + 2) <= PADDED_BATCH_TOKENS:
         assert length_buckets(lengths) == length_buckets(lengths, max_tokens=10**9)
 
 
