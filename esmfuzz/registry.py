@@ -104,7 +104,7 @@ def _precision(harness, sample: Sample, layers, *, packed: bool) -> Verdict:
     reference = harness.baseline(pair.reference, seqs, layers)
     name = "packed_precision" if packed else "precision"
     return P.precision(candidate, reference, harness.thresholds, name=name,
-                       baseline=harness.baseline(pair.candidate, seqs, layers))
+                       baseline=lambda: harness.baseline(pair.candidate, seqs, layers))
 
 
 def _error_ratio(harness, sample: Sample, layers) -> Verdict:
@@ -146,7 +146,7 @@ def _statistics(harness, sample: Sample, layers) -> Verdict:
     }
     reference = harness.baseline(pair.reference, seqs, last)
     return P.statistics(candidates, reference, harness.thresholds, layer=pair.num_layers,
-                        baseline=harness.baseline(pair.candidate, seqs, last))
+                        baseline=lambda: harness.baseline(pair.candidate, seqs, last))
 
 
 def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdict:

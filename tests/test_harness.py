@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from esmfuzz.config import Config
@@ -128,13 +130,19 @@ def test_finite_runs_the_reference_only_for_a_candidate_that_is_not_finite(
 def test_precision_bounds_come_from_fair_esms_own_candidate_dtype_forward(
     esmfuzz_cache, monkeypatch
 ):
-    """packed_precision also runs fair-esm's padded forward in float16, whose own cosine can
-    widen the bound; precision's padded candidate is that forward, so it costs nothing."""
+    """fair-esm's padded forward in float16, whose own cosine can widen the bound, runs only
+    where a cosine falls below its fixed threshold; precision's padded candidate is that
+    forward, so there it costs nothing."""
     calls = _counting_forwards(monkeypatch)
     h = harness(esmfuzz_cache)
     assert h.check("packed_precision", LAYOUT).ok
-    assert calls == [("run_packed", "float16"), ("run_padded", "float32"),
-                     ("run_padded", "float16")]
+    assert calls == [("run_packed", "float16"), ("run_padded", "float32")]
     calls.clear()
     assert h.check("precision", LAYOUT).ok
     assert calls == [("run_padded", "float16"), ("run_padded", "float32")]
+    calls.clear()
+    h.thresholds = dataclasses.replace(h.thresholds, sequence_cosine=1.0)
+    verdict = h.check("packed_precision", LAYOUT, explain=False)
+    assert verdict.ok, verdict.message()  # every cosine is below 1: fair-esm's own widened it
+    assert calls == [("run_packed", "float16"), ("run_padded", "float32"),
+                     ("run_padded", "float16")]

@@ -399,6 +399,39 @@ def test_statistics_checks_every_path_and_sequence():
     assert all(v.startswith("padded: ") for v in verdict.violations)
 
 
+class _Lazy:
+    """A baseline given as a callable, counting its calls."""
+
+    def __init__(self, outputs):
+        self.outputs, self.calls = outputs, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.outputs
+
+
+def _same(lazy, eager) -> None:
+    assert (lazy.ok, lazy.metrics, lazy.violations, lazy.worst) == (
+        eager.ok, eager.metrics, eager.violations, eager.worst)
+
+
+@pytest.mark.parametrize("cos", [0.995, 0.985, 0.97])
+def test_precision_calls_a_callable_baseline_only_past_a_fixed_threshold(cos):
+    """Passing the fixed 0.99, no baseline forward runs; below it the verdict is the one an
+    eager baseline gives (0.985 passes the widened 0.979, 0.97 fails it)."""
+    th = Thresholds()
+    ref = unit_reference(8, seed=105)
+    own, cand = [{4: _turned(ref, 0.993, seed=106)}], [{4: _turned(ref, cos, seed=107)}]
+    lazy = _Lazy(own)
+    verdict = precision(cand, [{4: ref}], th, baseline=lazy)
+    eager = precision(cand, [{4: ref}], th, baseline=own)
+    assert lazy.calls == (cos < 0.99)
+    assert verdict.ok is (cos > 0.979)
+    _same(verdict, eager)
+    if cos > 0.99:
+        assert verdict.threshold == 0.99  # margins of a pass are against the fixed bound
+
+
 # --------------------------------------------------------------------------- statistics baseline
 
 
@@ -507,3 +540,19 @@ def test_statistics_baseline_is_per_sequence():
     assert [v for v in verdict.violations if "mean_abs_diff" in v] == [
         "packed: mean_abs_diff=0.05 (needs <= 0.01) at layer 6, sequence 1"
     ]
+
+
+@pytest.mark.parametrize("value", [0.005, 0.05, 0.07])
+def test_statistics_calls_a_callable_baseline_only_past_a_fixed_threshold(value):
+    """Under the fixed 0.01, no baseline forward runs; past it the verdict is the eager
+    baseline's (own 0.02: bound 0.06; the other statistics loosened)."""
+    th = Thresholds(**LOOSE_EXCEPT["mean_abs_diff"])
+    ref = _uniform(6, seed=205)
+    base = [{6: ref + 0.02 * signs(6, seed=206)}]
+    cand = {"packed": [{6: ref + value * signs(6, seed=207)}]}
+    lazy = _Lazy(base)
+    verdict = statistics(cand, [{6: ref}], th, layer=6, baseline=lazy)
+    eager = statistics(cand, [{6: ref}], th, layer=6, baseline=base)
+    assert lazy.calls == (value > 0.01)
+    assert verdict.ok is (value < 0.06)
+    _same(verdict, eager)
