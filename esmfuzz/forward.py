@@ -474,23 +474,28 @@ def run_padded(
     bucketed: bool = False,
     timeout: float | None = None,
     check_inputs: bool = True,
+    kept: Callable[[tuple[str, ...], Callable[[], list]], list] | None = None,
 ) -> list[dict[int, torch.Tensor]]:
     """Per sequence, ``{layer: Tensor[L_i + 2, D]}`` with the padding cut off (and
     ``{"logits": Tensor[L_i + 2, V]}`` where :data:`LOGITS` is asked for).
 
     ``bucketed`` runs :func:`length_buckets` batches instead of one batch of all; each
-    call of ``impl`` may take ``timeout`` seconds.
+    call of ``impl`` may take ``timeout`` seconds. ``kept(batch, compute)``, where given,
+    returns each batch's rows: ``compute()``, or the rows of the same batch computed before.
     """
     if bucketed and len(sequences) > 1:
         out: list = [None] * len(sequences)
         for group in length_buckets([residue_count(s) for s in sequences]):
             rows = run_padded(
                 impl, model, alphabet, [sequences[i] for i in group], layers, timeout=timeout,
-                check_inputs=check_inputs,
+                check_inputs=check_inputs, kept=kept,
             )
             for i, row in zip(group, rows):
                 out[i] = row
         return out
+    if kept is not None:
+        return kept(tuple(sequences), lambda: run_padded(
+            impl, model, alphabet, sequences, layers, timeout=timeout, check_inputs=check_inputs))
     layers, asked = _asked(impl, model, layers)
     device = model.embed_tokens.weight.device
     tokens = pad(sequences, alphabet).to(device)

@@ -14,7 +14,7 @@ import math
 import os
 import time
 import traceback
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +52,8 @@ from esmfuzz.launches import LaunchCounter
 from esmfuzz.models import ModelPair, model_pair
 from esmfuzz.properties import LOGITS, Sample, layer_order
 
-__all__ = ["Harness", "Repeat", "check_runnable", "config_for_case", "harness_error", "harness_for"]
+__all__ = ["KEPT_BYTES", "Harness", "KeptOutputs", "Repeat", "check_runnable", "config_for_case",
+           "harness_error", "harness_for"]
 
 
 def harness_error(role: str, exc: BaseException) -> HarnessError:
@@ -69,6 +70,56 @@ def harness_error(role: str, exc: BaseException) -> HarnessError:
     )
     details = getattr(exc, "details", None) or traceback.format_exception(exc)
     return HarnessError(reason, str(exc), advice=advice, details=details)
+
+
+KEPT_BYTES = 512 * 2**20
+"""Memory the outputs :class:`KeptOutputs` holds between checks may take, per harness."""
+
+
+class KeptOutputs:
+    """The outputs of esmfuzz's trusted forwards (the oracle, fair-esm's padded baseline, the
+    packed reference), kept across checks by the exact batch they computed.
+
+    Hypothesis draws the same batches again and again (a mutated layout keeps most of its
+    sequences, and a fifth to a third of a soak's padded tokens are batches it has drawn
+    before), and a forward of the same batch gives the same bits, so the second one is a
+    lookup. The implementations under test are never kept: they are called every time. The
+    least recently used batch goes first past ``limit`` bytes.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.bytes = 0
+        self.hits = 0
+        self._entries: OrderedDict[tuple, tuple[list[dict], int]] = OrderedDict()
+
+    def get(self, key: tuple, compute: Callable[[], list[dict]]) -> list[dict]:
+        """The rows kept under ``key``, else ``compute()``'s, kept where they fit."""
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found[0]
+        rows = compute()
+        size = _bytes(rows)
+        if size <= self.limit:
+            self._entries[key] = (rows, size)
+            self.bytes += size
+            while self.bytes > self.limit:
+                _, (_, freed) = self._entries.popitem(last=False)
+                self.bytes -= freed
+        return rows
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+
+def _bytes(rows: list[dict]) -> int:
+    """Bytes of the storages ``rows``' tensors view, each counted once."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for row in rows for t in row.values()}
+    return sum(storages.values())
 
 
 @dataclass
@@ -112,6 +163,8 @@ class Harness:
         self._launches = LaunchCounter(self.timings) if mode == "launches" else None
         self._outputs: dict | None = None
         """Forward outputs of the :meth:`check` in progress, by call (see :meth:`_memo`)."""
+        self.kept = KeptOutputs(KEPT_BYTES)
+        """The trusted forwards' outputs across checks, by batch."""
         self.refused: dict[str, str] = {}
         """Implementations (``packed``/``padded``) that refused the FP32 reference with a
         TypeError: from then on only their candidate-dtype path is checked (``paths=auto``)."""
@@ -131,18 +184,40 @@ class Harness:
             return self.backend
         return select_backend("auto", self.device, dtype)
 
-    def _memo(self, key: tuple, model, compute: Callable[[], list[dict]]) -> list[dict]:
+    def _memo(self, key: tuple, model, compute: Callable[[], list[dict]], *,
+              trusted: bool = False) -> list[dict]:
         """``compute()`` once per key within one :meth:`check`: properties ask for the same
         forward more than once (a default implementation under test is also a baseline).
-        ``model``'s weights are brought to the device first (sequential loading)."""
+        ``model``'s weights are brought to the device first (sequential loading).
+
+        A ``trusted`` call (a baseline, the reference, the oracle) takes the output of the
+        same call made as the implementation under test in this check; its own output, which
+        may come from :class:`KeptOutputs`, is never handed to an implementation-under-test
+        call, which always computes.
+        """
         if self.timings is not None:
             compute = self._timed(key, compute, model)
         compute = self._on_device(model, compute)
         if self._outputs is None:
             return compute()
-        if key not in self._outputs:
-            self._outputs[key] = compute()
-        return self._outputs[key]
+        if key in self._outputs:
+            return self._outputs[key]
+        slot = ("trusted", key) if trusted else key
+        if slot not in self._outputs:
+            self._outputs[slot] = compute()
+        return self._outputs[slot]
+
+    def _keeper(self, key: tuple) -> Callable[[tuple[str, ...], Callable], list[dict]]:
+        """``kept(batch, compute)`` for a trusted forward: its rows from :attr:`kept`, under
+        ``key`` and the batch's sequences."""
+        def kept(batch: tuple[str, ...], compute: Callable[[], list[dict]]) -> list[dict]:
+            hits = self.kept.hits
+            rows = self.kept.get((*key, batch), compute)
+            if self.timings is not None:
+                self.timings["kept batches" if self.kept.hits > hits else "computed batches"] += 1
+            return rows
+
+        return kept
 
     def _on_device(self, model, compute: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
         def run():
@@ -180,26 +255,32 @@ class Harness:
         return timed
 
     def _run_packed(self, impl, model, sequences: Sequence[str], layers, *,
-                    role: str = "esmfuzz's packed reference") -> list[dict]:
+                    role: str = "esmfuzz's packed reference", trusted: bool = False) -> list[dict]:
         kwargs = {"timeout": self._timeout(impl), "check_inputs": impl in self._mine}
         if isinstance(impl, PackedForward):
             kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
-        return self._memo(
-            ("packed", impl, id(model), tuple(sequences),
-             tuple(sorted(layers, key=layer_order))), model,
-            self._owned(impl, role, lambda: run_packed(impl, model, self.pair.alphabet,
-                                                       sequences, layers, **kwargs)),
-        )
+        order = tuple(sorted(layers, key=layer_order))
+
+        def compute():
+            return run_packed(impl, model, self.pair.alphabet, sequences, layers, **kwargs)
+
+        if trusted:
+            keeper, whole = self._keeper(("packed", impl, id(model), order)), compute
+            compute = lambda: keeper(tuple(sequences), whole)  # noqa: E731
+        return self._memo(("packed", impl, id(model), tuple(sequences), order), model,
+                          self._owned(impl, role, compute), trusted=trusted)
 
     def _run_padded(self, impl, model, sequences: Sequence[str], layers, *, bucketed: bool,
-                    role: str = "fair-esm's padded forward"):
+                    role: str = "fair-esm's padded forward", trusted: bool = False):
+        order = tuple(sorted(layers, key=layer_order))
+        kept = self._keeper(("padded", impl, id(model), order)) if trusted else None
         return self._memo(
-            ("padded", impl, id(model), tuple(sequences),
-             tuple(sorted(layers, key=layer_order)), bucketed),
+            ("padded", impl, id(model), tuple(sequences), order, bucketed),
             model,
             self._owned(impl, role, lambda: run_padded(
                 impl, model, self.pair.alphabet, sequences, layers, bucketed=bucketed,
-                timeout=self._timeout(impl), check_inputs=impl in self._mine)),
+                timeout=self._timeout(impl), check_inputs=impl in self._mine, kept=kept)),
+            trusted=trusted,
         )
 
     def _owned(self, impl, role: str, compute: Callable[[], list[dict]]):
@@ -228,13 +309,14 @@ class Harness:
     ):
         """Length-bucketed batches, or one batch of all (``whole``) where padding is the point."""
         impl = padded_forward if trusted else self._padded
-        return self._run_padded(impl, model, sequences, layers, bucketed=not whole)
+        return self._run_padded(impl, model, sequences, layers, bucketed=not whole,
+                                trusted=trusted)
 
     def oracle(self, sequences: Sequence[str], layers) -> list[dict]:
         """The FP64 oracle (FP32 where a float64 copy does not fit), length-bucketed."""
         dtype = dtype_name(self.pair.oracle.embed_tokens.weight.dtype)
         return self._run_padded(self.oracle_impl, self.pair.oracle, sequences, layers,
-                                bucketed=True, role=f"esmfuzz's {dtype} oracle")
+                                bucketed=True, role=f"esmfuzz's {dtype} oracle", trusted=True)
 
     def baseline(self, model, sequences: Sequence[str], layers) -> list[dict]:
         """fair-esm's own padded forward, length-bucketed."""
@@ -248,7 +330,7 @@ class Harness:
 
     def reference_packed(self, model, sequences: Sequence[str], layers) -> list[dict]:
         """esmfuzz's packed reference (FP32 rotary, varlen attention), a trusted baseline."""
-        return self._run_packed(packed_forward, model, sequences, layers)
+        return self._run_packed(packed_forward, model, sequences, layers, trusted=True)
 
     @functools.cached_property
     def compare(self) -> str:
@@ -412,8 +494,10 @@ class Harness:
             self._outputs = None
 
     def free_memory(self) -> None:
-        """Drop this check's outputs and return cached device memory: before a retry."""
+        """Drop this check's outputs and the kept ones, and return cached device memory:
+        before a retry."""
         self._outputs = None
+        self.kept.clear()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

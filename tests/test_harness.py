@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 
@@ -146,3 +147,100 @@ def test_precision_bounds_come_from_fair_esms_own_candidate_dtype_forward(
     assert verdict.ok, verdict.message()  # every cosine is below 1: fair-esm's own widened it
     assert calls == [("run_packed", "float16"), ("run_padded", "float32"),
                      ("run_padded", "float16")]
+
+
+# --------------------------------------------------------------------------- kept outputs
+
+CALLED: list[int] = []
+
+
+def _counted_packed(model, tokens, cu_seqlens, max_seqlen, repr_layers):
+    """The default packed forward, as an implementation under test that counts its calls."""
+    from esmfuzz.forward import packed_forward
+
+    CALLED.append(len(cu_seqlens) - 1)
+    return packed_forward(model, tokens, cu_seqlens, max_seqlen, repr_layers)
+
+
+SHARED = [  # samples that share batches, as Hypothesis's mutated layouts do
+    ("error_ratio", Sample(LAYOUT)),
+    ("error_ratio", Sample(LAYOUT)),
+    ("error_ratio", Sample([*LAYOUT, "MKV" * 30])),
+    ("isolation", Sample(LAYOUT, 1, [LAYOUT[1], "L"], 0)),
+    ("padding_invariance", Sample(LAYOUT, 1)),
+    ("packed_precision", Sample(LAYOUT)),
+    ("statistics", Sample(LAYOUT)),
+    ("isolation", Sample(LAYOUT, 1, [LAYOUT[1], "L"], 0)),
+]
+
+
+@pytest.mark.parametrize("packed_impl", [None, "tests.test_harness:_counted_packed"])
+def test_kept_outputs_change_no_verdict(esmfuzz_cache, packed_impl):
+    """Checks that share batches give the verdicts, every recorded value included, of a
+    harness that keeps nothing: a kept batch holds the bits a new forward of it computes."""
+    options = {"packed_impl": packed_impl} if packed_impl else {}
+    keeping, recomputing = harness(esmfuzz_cache, **options), harness(esmfuzz_cache, **options)
+    recomputing.kept.limit = 0
+    for prop, sample in SHARED:
+        kept, fresh = keeping.check(prop, sample), recomputing.check(prop, sample)
+        assert kept.ok and fresh.ok, (kept.message(), fresh.message())
+        assert (kept.metrics, kept.worst, kept.margin) == (fresh.metrics, fresh.worst,
+                                                           fresh.margin)
+    assert keeping.kept.hits >= 10 and recomputing.kept.hits == 0
+    assert 0 < keeping.kept.bytes <= keeping.kept.limit and recomputing.kept.bytes == 0
+
+
+def test_the_implementation_under_test_is_called_every_time(esmfuzz_cache):
+    """A sample checked again calls the implementation under test again (both dtypes); the
+    oracle, a trusted forward, runs once."""
+    h = harness(esmfuzz_cache, packed_impl="tests.test_harness:_counted_packed")
+    oracle_calls = []
+    seam = h.oracle_impl
+
+    def oracle(*args, **kwargs):
+        oracle_calls.append(1)
+        return seam(*args, **kwargs)
+
+    h.oracle_impl = oracle
+    called = importlib.import_module("tests.test_harness").CALLED  # the module esmfuzz loaded
+    called.clear()
+    for _ in range(3):
+        assert h.check("error_ratio", LAYOUT).ok
+    assert called == [3, 3] * 3
+    from esmfuzz.alphabet import residue_count
+    from esmfuzz.forward import length_buckets
+
+    assert len(oracle_calls) == len(length_buckets([residue_count(s) for s in LAYOUT])) == 2
+
+
+def test_kept_outputs_drop_the_least_recently_used_first():
+    import torch
+
+    from esmfuzz.harness import KeptOutputs
+
+    def rows(n):
+        return [{0: torch.zeros(n, dtype=torch.uint8)}]
+
+    kept = KeptOutputs(limit=100)
+    computed = []
+
+    def get(key, n):
+        return kept.get(key, lambda: computed.append(key) or rows(n))
+
+    get("a", 40), get("b", 40), get("a", 40)
+    get("c", 40)  # over 100 bytes: "b", used least recently, goes
+    get("a", 40), get("b", 40)
+    assert computed == ["a", "b", "c", "b"] and kept.hits == 2
+    get("huge", 101)  # larger than the limit: returned, not kept
+    assert "huge" in computed and kept.bytes <= 100
+    kept.clear()
+    assert kept.bytes == 0
+    get("a", 40)
+    assert computed[-1] == "a"
+
+
+def test_a_retry_drops_the_kept_outputs(esmfuzz_cache):
+    h = harness(esmfuzz_cache)
+    assert h.check("error_ratio", LAYOUT).ok and h.kept.bytes > 0
+    h.free_memory()
+    assert h.kept.bytes == 0
