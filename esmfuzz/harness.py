@@ -50,11 +50,10 @@ from esmfuzz.forward import (
 )
 from esmfuzz.launches import LaunchCounter
 from esmfuzz.models import ModelPair, model_pair
-from esmfuzz.models.memory import KEPT_BYTES
 from esmfuzz.properties import LOGITS, Sample, layer_order
 
-__all__ = ["Harness", "KeptOutputs", "Repeat", "check_runnable", "config_for_case", "harness_error",
-           "harness_for"]
+__all__ = ["KEPT_BYTES", "Harness", "KeptOutputs", "Repeat", "check_runnable", "config_for_case",
+           "harness_error", "harness_for"]
 
 
 def harness_error(role: str, exc: BaseException) -> HarnessError:
@@ -71,6 +70,10 @@ def harness_error(role: str, exc: BaseException) -> HarnessError:
     )
     details = getattr(exc, "details", None) or traceback.format_exception(exc)
     return HarnessError(reason, str(exc), advice=advice, details=details)
+
+
+KEPT_BYTES = 512 * 2**20
+"""Memory the outputs :class:`KeptOutputs` holds between checks may take, per harness."""
 
 
 class KeptOutputs:

@@ -16,9 +16,6 @@ from esmfuzz.models.loading import LOADINGS
 from esmfuzz.models.spec import Architecture, ModelSpec, parse_spec
 from esmfuzz.packing import PADDED_BATCH_TOKENS
 
-KEPT_BYTES = 512 * 2**20
-"""What the outputs a harness keeps between checks may take (``esmfuzz.harness.KeptOutputs``)."""
-
 
 class InsufficientMemory(EsmfuzzError, RuntimeError):
     """Loading would need more memory than the device has free."""
@@ -142,8 +139,8 @@ def estimate_memory(
 
     The workspace term is the largest attention-score block of a padded forward of
     ``max_tokens`` tokens (B x H x T x T in FP32; esmfuzz's padded batches hold no more)
-    plus 16 activations of [tokens, 4D] (measured loosely, it keeps the estimate on the
-    safe side) plus :data:`KEPT_BYTES`.
+    plus 16 activations of [tokens, 4D]: measured loosely, it keeps the estimate on the
+    safe side.
     ``together``: every copy on the device, the FP32 model it is made from on the host.
     ``sequential``: every copy on the host, the largest on the device at a time.
     ``device_limit``: bytes esmfuzz may use on the device, where less than is free.
@@ -159,7 +156,7 @@ def estimate_memory(
     seq = min(max_tokens, 1024)
     workspace = (max_tokens // seq) * arch.heads * seq * seq * 4 * 2 + (
         16 * max_tokens * 4 * arch.embed_dim * 8
-    ) + KEPT_BYTES
+    )
     slack = 2 * 2**30
     if loading == "sequential":
         parts = {f"largest copy ({max(copies, key=copies.get)})": max(copies.values()),
