@@ -73,7 +73,9 @@ def harness_error(role: str, exc: BaseException) -> HarnessError:
 
 
 KEPT_BYTES = 512 * 2**20
-"""Memory the outputs :class:`KeptOutputs` holds between checks may take, per harness."""
+"""What :class:`KeptOutputs` may hold per harness. Not in esmfuzz's memory estimate: it lives
+in the tenth of the GPU that ``--workers auto`` leaves free (1.3-1.8 GiB per worker on an
+H100 or H200 at 650M), and a check that runs out of memory drops it before its retry."""
 
 
 class KeptOutputs:
