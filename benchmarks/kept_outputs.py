@@ -53,7 +53,14 @@ def main(argv=None) -> None:
     parser.add_argument("--as-width", type=int, default=1280,
                         help="keep as many batches as KEPT_BYTES holds at this embedding width "
                              "(1280: 650M's): the limit scales by the model's width over it")
+    parser.add_argument("--targets", nargs="+", metavar="PROPERTY[STRATUM]",
+                        help="only these of the mix (default: all of it)")
     args = parser.parse_args(argv)
+    names = {f"{p}[{s}]": (p, s) for p, s in MIX}
+    unknown = sorted(set(args.targets or ()) - set(names))
+    if unknown:
+        parser.error(f"--targets {' '.join(unknown)}: not in the mix ({', '.join(names)})")
+    mix = [names[t] for t in args.targets] if args.targets else MIX
 
     from esmfuzz.config import Config, read_pyproject
     from esmfuzz.harness import KEPT_BYTES, Harness
@@ -70,7 +77,7 @@ def main(argv=None) -> None:
           f"computed per example, padding included")
     print(f"{'target':<30}{'float16':>16}{'float32':>18}{'float64':>18}{'kept hits':>11}")
     totals = {"kept": Counter(), "recomputed": Counter()}
-    for target in MIX:
+    for target in mix:
         per = {"kept": Counter(), "recomputed": Counter()}
         hits = examples = 0
         for seed in args.seeds:
