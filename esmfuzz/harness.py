@@ -263,12 +263,14 @@ class Harness:
             kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
         order = tuple(sorted(layers, key=layer_order))
 
-        def compute():
-            return run_packed(impl, model, self.pair.alphabet, sequences, layers, **kwargs)
+        keeper = self._keeper(("packed", impl, id(model), order)) if trusted else None
 
-        if trusted:
-            keeper, whole = self._keeper(("packed", impl, id(model), order)), compute
-            compute = lambda: keeper(tuple(sequences), whole)  # noqa: E731
+        def compute():
+            def run():
+                return run_packed(impl, model, self.pair.alphabet, sequences, layers, **kwargs)
+
+            return run() if keeper is None else keeper(tuple(sequences), run)
+
         return self._memo(("packed", impl, id(model), tuple(sequences), order), model,
                           self._owned(impl, role, compute), trusted=trusted)
 
