@@ -25,7 +25,9 @@
 #               --workers auto, 10 s per target, in the ORDER given (default "prev new
 #               prev"; 3 runs fit one call): run it again with ORDER="new prev new" and
 #               --summarize both files together (its run on an H200 had as this tree the
-#               cost-based padded batches that were not kept, without 247d5f2's cap)
+#               cost-based padded batches that were not kept, without 247d5f2's cap);
+#               run again with .whl/prev at 01d5da1 (git archive 01d5da1) for the kept
+#               outputs and lazy baselines: "new prev new", "prev new", "prev" (an H100)
 #   650M-workers this tree, 650M, 10 s per target, one run per entry of WORKERS (default
 #               "auto 6 auto"; 3 runs fit one call; then "6 auto 6"): on an H200 auto is 8
 #               under MPS, and 8 were not faster than 6 on an H100 in another session
