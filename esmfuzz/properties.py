@@ -306,12 +306,20 @@ def precision(
     only widens bounds, so a check that passes them needs no baseline forward. Such a
     verdict's margin is then measured against the fixed thresholds.
     """
+    return _past_fixed_bounds(
+        lambda own: _precision(candidate, reference, thresholds, name, own), baseline)
+
+
+def _past_fixed_bounds(judge: Callable[[Outputs | None], Verdict],
+                       baseline: Outputs | Callable[[], Outputs] | None) -> Verdict:
+    """``judge(baseline)``; a callable ``baseline`` is called only where ``judge(None)``, the
+    fixed bounds alone, fails: a baseline that only widens bounds cannot fail a pass."""
     if callable(baseline):
-        verdict = _precision(candidate, reference, thresholds, name, None)
+        verdict = judge(None)
         if verdict.ok:
             return verdict
         baseline = baseline()
-    return _precision(candidate, reference, thresholds, name, baseline)
+    return judge(baseline)
 
 
 def _precision(candidate: Outputs, reference: Outputs, thresholds: Thresholds, name: str,
@@ -553,12 +561,8 @@ def statistics(
     move between correct computations. A callable ``baseline`` is called only where a
     fixed threshold fails, as :func:`precision`'s.
     """
-    if callable(baseline):
-        verdict = _statistics(candidates, reference, thresholds, layer, None)
-        if verdict.ok:
-            return verdict
-        baseline = baseline()
-    return _statistics(candidates, reference, thresholds, layer, baseline)
+    return _past_fixed_bounds(
+        lambda own: _statistics(candidates, reference, thresholds, layer, own), baseline)
 
 
 def _statistics(candidates: Mapping[str, Outputs], reference: Outputs, thresholds: Thresholds,
