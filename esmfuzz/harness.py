@@ -263,14 +263,12 @@ class Harness:
             kwargs["backend"] = self._backend_for(model.embed_tokens.weight.dtype)
         order = tuple(sorted(layers, key=layer_order))
 
-        keeper = self._keeper(("packed", impl, id(model), order)) if trusted else None
-
         def compute():
-            def run():
-                return run_packed(impl, model, self.pair.alphabet, sequences, layers, **kwargs)
+            return run_packed(impl, model, self.pair.alphabet, sequences, layers, **kwargs)
 
-            return run() if keeper is None else keeper(tuple(sequences), run)
-
+        if trusted:
+            compute = functools.partial(self._keeper(("packed", impl, id(model), order)),
+                                        tuple(sequences), compute)
         return self._memo(("packed", impl, id(model), tuple(sequences), order), model,
                           self._owned(impl, role, compute), trusted=trusted)
 
