@@ -355,16 +355,21 @@ def _widened(threshold: float, own: float, k: float) -> float:
     return min(threshold, relaxed) if math.isfinite(relaxed) else threshold
 
 
-def _pooled(errors: Sequence[tuple[float, float, int]]) -> tuple[float, float, int]:
+def _pooled(errors: Sequence[tuple[float, float, int]],
+            size: int | None = None) -> tuple[float, float, int]:
     """Root-mean-square of each statistic over several baselines' errors.
 
     Deep in a network the rounding error of one computation is dominated by a few
     amplified directions, so one baseline's error can be small by chance (the ratio of
     two such errors is heavy-tailed: docs/oracles.md); pooling independent baselines
     makes the scale stable.
+
+    ``size``, where larger than ``len(errors)``, is the pool's full size: the baselines not
+    at hand count as zero error, which gives a lower bound of the full pool's RMS (a sum of
+    squares only grows with more terms, in floating point too).
     """
-    n = len(errors)
-    if not n:
+    n = max(len(errors), size or 0)
+    if not errors:
         raise ValueError("a noise bound needs at least one baseline")
     return (
         math.sqrt(sum(e[0] ** 2 for e in errors) / n),
@@ -373,24 +378,52 @@ def _pooled(errors: Sequence[tuple[float, float, int]]) -> tuple[float, float, i
     )
 
 
+def _at_hand(baselines: Sequence, complete: bool) -> list:
+    """``baselines`` with each deferred one (a callable) computed, or, unless ``complete``,
+    left out."""
+    return [b() if callable(b) else b for b in baselines if complete or not callable(b)]
+
+
+def _past_noise_bounds(judge: Callable[[bool], Verdict], baselines: Iterable[Sequence],
+                       deferred: str) -> Verdict:
+    """``judge(True)``, the noise bounds pooled over every baseline, where a deferred
+    baseline (a callable in ``baselines``) is needed.
+
+    ``judge(False)``, where every pool holds a baseline at hand, pools those over the full size
+    (:func:`_pooled`): a lower bound of every pooled error, so an upper bound of every
+    ratio. Where that passes, the full pool passes too and the deferred baselines
+    (``deferred`` names them) are never computed; the verdict's ratios are then those upper
+    bounds. Where it fails, the verdict is the full pool's, as if nothing were deferred.
+    """
+    pools = list(baselines)
+    if (any(callable(b) for pool in pools for b in pool)
+            and all(any(not callable(b) for b in pool) for pool in pools)):
+        verdict = judge(False)
+        if verdict.ok:
+            verdict.notes.append(f"passed without {deferred}: each ratio is an upper bound, "
+                                 f"with the missing baselines' errors taken as zero")
+            return verdict
+    return judge(True)
+
+
 def _noise_bounds(checks: _Checks, metric: str, k: float, items: Iterable[tuple]) -> None:
     """``tested <= k * pooled(baselines) + atol`` for the RMS and the worst-token statistic.
 
-    ``items`` yields ``(label, tested, baselines, atol, layer, sequences)``: ``tested`` and
-    each baseline are ``[S, 3]`` statistics of :func:`metrics.segment_relative_errors`,
-    one row per sequence in ``sequences``. Every statistic is read back from the device
-    at once: one synchronisation per verdict, not several per sequence and layer
-    (hundreds of sequences fill a crowded pack).
+    ``items`` yields ``(label, tested, baselines, atol, layer, sequences, size)``: ``tested``
+    and each baseline are ``[S, 3]`` statistics of :func:`metrics.segment_relative_errors`,
+    one row per sequence in ``sequences``; ``size`` is the full pool's (:func:`_pooled`).
+    Every statistic is read back from the device at once: one synchronisation per verdict,
+    not several per sequence and layer (hundreds of sequences fill a crowded pack).
     """
     blocks = [(item, torch.stack([item[1], *item[2]])) for item in items]
     flat = torch.cat([block.reshape(-1) for _, block in blocks]).cpu() if blocks else None
     at = 0
-    for (label, _, _, atol, layer, sequences), block in blocks:
+    for (label, _, _, atol, layer, sequences, size), block in blocks:
         values = flat[at : at + block.numel()].reshape(block.shape).tolist()
         at += block.numel()
         for row, sequence in enumerate(sequences):
             observed, *others = (stats[row] for stats in values)
-            pooled = _pooled(others)
+            pooled = _pooled(others, size)
             for i, stat in enumerate(("rms", "token")):
                 ratio = observed[i] / max(pooled[i] + atol / k, 1e-300)
                 checks.check(
@@ -414,7 +447,7 @@ def _stream(outputs: Outputs, layer: int) -> torch.Tensor:
 
 
 def error_ratio(
-    tested: Mapping[str, tuple[Outputs, Sequence[Outputs], torch.dtype]],
+    tested: Mapping[str, tuple[Outputs, Sequence[Outputs | Callable[[], Outputs]], torch.dtype]],
     oracle: Outputs,
     thresholds: Thresholds,
 ) -> Verdict:
@@ -426,7 +459,23 @@ def error_ratio(
     ``err(baselines)`` pools the baselines' errors (:func:`_pooled`); ``atol`` is
     ``ulp_floor`` ulps of the dtype. The reported value is
     ``err / (err_baselines + atol / k)``, bounded by ``k`` = ``thresholds.error_ratio``.
+
+    A baseline may be deferred, a callable called only where the bounds fail without it
+    (:func:`_past_noise_bounds`): the bound that passes nearly every example needs no
+    fair-esm padded forward.
     """
+    return _past_noise_bounds(
+        lambda complete: _error_ratio(
+            {label: (out, _at_hand(bases, complete), dtype, len(bases))
+             for label, (out, bases, dtype) in tested.items()},
+            oracle, thresholds),
+        [bases for _, bases, _ in tested.values()],
+        "fair-esm's padded baseline",
+    )
+
+
+def _error_ratio(tested: Mapping[str, tuple[Outputs, Sequence[Outputs], torch.dtype, int]],
+                 oracle: Outputs, thresholds: Thresholds) -> Verdict:
     checks = _Checks("error_ratio")
     k = thresholds.error_ratio
     layers = sorted(oracle[0], key=layer_order) if oracle else []
@@ -434,7 +483,7 @@ def error_ratio(
     exact = [_stream(oracle, layer) for layer in layers]
     weights = [metrics.outlier_weights(ref) for ref in exact]
     differences = []
-    for outputs, baselines, _ in tested.values():
+    for outputs, baselines, _, _ in tested.values():
         for outs in (outputs, *baselines):
             rows = [[out[layer].shape[0] for out in outs] for layer in layers]
             if any(r != lengths for r in rows):
@@ -455,8 +504,9 @@ def error_ratio(
                 thresholds.ulp_floor * torch.finfo(dtype).eps,
                 layer,
                 range(len(oracle)),
+                size,
             )
-            for label, (_, baselines, dtype) in tested.items()
+            for label, (_, baselines, dtype, size) in tested.items()
             for layer in layers
         ],
     )
@@ -591,7 +641,9 @@ def _statistics(candidates: Mapping[str, Outputs], reference: Outputs, threshold
 
 def context(
     paths: Mapping[str, tuple[Mapping[int, torch.Tensor], Mapping[int, torch.Tensor],
-                              Sequence[Mapping[int, torch.Tensor]], torch.dtype]],
+                              Sequence[Mapping[int, torch.Tensor]
+                                       | Callable[[], Mapping[int, torch.Tensor]]],
+                              torch.dtype]],
     oracle: Mapping[int, torch.Tensor],
     thresholds: Thresholds,
     *,
@@ -606,14 +658,26 @@ def context(
     difference is bounded by ``k * err(baselines) + atol`` (``k`` = ``context_ratio``),
     with the same pooled RMS statistics as :func:`error_ratio`. A noise floor fixed in ulps does
     not hold across model sizes: kernels chosen by token count round rows differently.
+    A baseline may be deferred, as in :func:`error_ratio`.
     """
+    return _past_noise_bounds(
+        lambda complete: _context(
+            {label: (first, second, _at_hand(bases, complete), dtype, len(bases))
+             for label, (first, second, bases, dtype) in paths.items()},
+            oracle, thresholds, name=name, sequence=sequence),
+        [bases for _, _, bases, _ in paths.values()],
+        "esmfuzz's packed reference in the whole pack",
+    )
+
+
+def _context(paths, oracle, thresholds: Thresholds, *, name: str, sequence: int) -> Verdict:
     checks = _Checks(name)
     k = thresholds.context_ratio
     layers = sorted(oracle, key=layer_order)
     refs = [oracle[layer] for layer in layers]
     weights = [metrics.outlier_weights(ref) for ref in refs]
     differences = []
-    for first, second, baselines, _ in paths.values():
+    for first, second, baselines, _, _ in paths.values():
         for j, layer in enumerate(layers):
             differences.append(([first[layer]], second[layer].double(), j))
             differences += [([b[layer]], refs[j], j) for b in baselines]
@@ -631,8 +695,9 @@ def context(
                 thresholds.ulp_floor * torch.finfo(dtype).eps,
                 layer,
                 [sequence],
+                size,
             )
-            for label, (_, _, baselines, dtype) in paths.items()
+            for label, (_, _, baselines, dtype, size) in paths.items()
             for layer in layers
         ],
     )
@@ -676,7 +741,8 @@ def spread(
             items += [(label,
                        metrics.segment_relative_errors(_stream(later, layer) - first, ref,
                                                        lengths, weights=w),
-                       base, atol, layer, range(len(oracle))) for later in calls[1:]]
+                       base, atol, layer, range(len(oracle)), len(base))
+                      for later in calls[1:]]
     _noise_bounds(checks, NONDETERMINISTIC, k, items)
     checks.verdict.notes.append(
         f"statistic: RMS difference between {max((len(p[1]) for p in paths), default=0)} "

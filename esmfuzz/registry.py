@@ -118,7 +118,8 @@ def _error_ratio(harness, sample: Sample, layers) -> Verdict:
         ).items():
             outputs[f"{kind} {label}"] = result
     tested = {
-        path: (out, harness.baselines(model, seqs, layers), model.embed_tokens.weight.dtype)
+        path: (out, harness.baselines(model, seqs, layers, defer=True),
+               model.embed_tokens.weight.dtype)
         for path, (model, out) in outputs.items()
     }
     verdict = P.error_ratio(tested, harness.oracle(seqs, layers), harness.thresholds)
@@ -168,9 +169,11 @@ def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdic
     def baselines(model):
         """The target alone (fair-esm padded, packed reference), and the packed reference
         in each context: packs of other sizes round the linear layers differently, so the
-        pool holds independent samples of the noise that separates two contexts."""
+        pool holds independent samples of the noise that separates two contexts. A whole
+        pack's reference not computed yet is deferred (``properties.context``)."""
         return [out[0] for out in harness.baselines(model, alone, layers)] + [
-            harness.reference_packed(model, context, layers)[at] for context, at in contexts
+            _row(harness.reference_packed(model, context, layers, defer=True), at)
+            for context, at in contexts
         ]
 
     paths = {
@@ -181,6 +184,13 @@ def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdic
                         sequence=target)
     verdict.notes.append(harness.pair.oracle_note)
     return verdict
+
+
+def _row(outputs, at: int):
+    """Row ``at`` of a forward's outputs, or of a deferred forward's, deferred."""
+    if callable(outputs):
+        return lambda: outputs()[at]
+    return outputs[at]
 
 
 SCORED_EVERY = 7

@@ -100,3 +100,14 @@ def rotate(v: torch.Tensor, cos: float, seed: int) -> torch.Tensor:
 def unit_reference(rows: int, seed: int) -> torch.Tensor:
     """Tokens sharing a strong common direction, so one token turned does not turn the mean."""
     return 3 * randn(1, seed=seed) + randn(rows, seed=seed + 1)
+
+
+class Deferred:
+    """A baseline given as a callable, counting its calls."""
+
+    def __init__(self, outputs):
+        self.outputs, self.calls = outputs, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.outputs

@@ -83,8 +83,59 @@ def test_one_check_runs_each_forward_once(esmfuzz_cache, monkeypatch):
     calls = [name for name, _ in forwards]
     assert verdict.ok, verdict.message()
     assert calls.count("run_packed") == 2  # float16 and float32
-    assert calls.count("run_padded") == 3  # the oracle, and fair-esm in float16 and float32
+    # The oracle; fair-esm's padded baselines are deferred, and the packed reference, the
+    # implementation under test itself, bounds its own error within k / sqrt(2).
+    assert calls.count("run_padded") == 1
     assert any(note.startswith("oracle in float64") for note in verdict.notes)
+    assert any(note.startswith("passed without fair-esm's padded baseline")
+               for note in verdict.notes)
+
+
+def _eager_baselines(monkeypatch) -> None:
+    """Every baseline computed up front, as before they could be deferred."""
+    baselines, reference = Harness.baselines, Harness.reference_packed
+    monkeypatch.setattr(Harness, "baselines",
+                        lambda self, *args, defer=False: baselines(self, *args))
+    monkeypatch.setattr(Harness, "reference_packed",
+                        lambda self, *args, defer=False: reference(self, *args))
+
+
+@pytest.mark.parametrize("prop,impl,padded", [
+    ("error_ratio", "tiled_packed", 0),
+    ("error_ratio", "leaky_packed", 2),
+    ("isolation", "tiled_packed", None),
+    ("isolation", "leaky_packed", None),
+])
+def test_deferred_baselines_give_the_eager_verdict(esmfuzz_cache, monkeypatch, prop, impl,
+                                                   padded):
+    """A correct implementation passes without fair-esm's padded baselines; a leaky one
+    computes them and fails with every value an eager harness gives."""
+    def h():
+        return harness(esmfuzz_cache, packed_impl=f"tests.impls.packed:{impl}")
+
+    sample = (Sample(("MKTAYIAKQR", "GLVWEE", "ACDEFGHIK"), target=1,
+                     variant=("GLVWEE", "MKTAYIAKQRMKTAYIAKQR"), variant_target=0)
+              if prop == "isolation" else Sample(tuple(LAYOUT)))
+    calls = _counting_forwards(monkeypatch)
+    lazy = h().check(prop, sample, explain=False)
+    deferred_calls = list(calls)
+    _eager_baselines(monkeypatch)
+    calls.clear()
+    eager = h().check(prop, sample, explain=False)  # a harness of its own keeps nothing
+    assert lazy.ok is eager.ok is (impl == "tiled_packed"), lazy.message()
+    assert lazy.metrics.keys() == eager.metrics.keys()
+    if lazy.ok:
+        assert len(deferred_calls) < len(calls)
+        assert lazy.value >= eager.value  # an upper bound of the ratio
+        assert ({k: v for k, v in lazy.metrics.items() if "error[" in k}
+                == {k: v for k, v in eager.metrics.items() if "error[" in k})
+    else:
+        assert sorted(deferred_calls) == sorted(calls)
+        assert (lazy.metrics, lazy.violations, lazy.worst, lazy.value) == (
+            eager.metrics, eager.violations, eager.worst, eager.value)
+    if padded is not None:
+        fair = [c for c in deferred_calls if c[0] == "run_padded"]
+        assert len(fair) == 1 + padded  # the oracle, and fair-esm where the bound needs it
 
 
 def _counting_forwards(monkeypatch) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ from tests.oracle_tensors import (
     INSIDE,
     PAST,
     D,
+    Deferred,
     activations,
     atol_of,
     copy_outputs,
@@ -552,3 +553,75 @@ def test_batched_relative_errors_refuse_outputs_of_the_wrong_length():
     with pytest.raises(ValueError, match="4 rows for 1 difference"):
         metrics.batched_relative_errors([([randn(4, seed=2)], ref, 0)], [ref],
                                         [metrics.outlier_weights(ref)], [5])
+
+
+# --------------------------------------------------------------------------- deferred baselines
+
+
+@pytest.mark.parametrize("scale,calls,ok", [(3.0, 0, True), (6.5, 1, True), (10.0, 1, False)])
+def test_error_ratio_calls_a_deferred_baseline_only_where_the_bound_needs_it(scale, calls, ok):
+    """Two baselines of about equal error ``s``: the one at hand bounds the pooled error from
+    below by ``s / sqrt(2)``, so a tested error of ``3 s`` passes without the deferred one
+    (ratio at most 4.3 of 8), ``6.5 s`` needs it (at most 9.2 without it, 6.5 with it), and
+    ``10 s`` fails with every value of the eager verdict."""
+    th = Thresholds()
+    oracle = oracle_outputs()
+    first, second = noisy(oracle, 1e-3, seed=301), noisy(oracle, 1e-3, seed=302)
+    tested = noisy(oracle, scale * 1e-3, seed=303)
+    deferred = Deferred(first)
+    lazy = error_ratio({"packed float32": (tested, [deferred, second], torch.float32)},
+                       oracle, th)
+    eager = error_ratio({"packed float32": (tested, [first, second], torch.float32)},
+                        oracle, th)
+    assert deferred.calls == calls
+    assert lazy.ok is eager.ok is ok
+    if calls:
+        assert vars(lazy) == vars(eager)
+    else:
+        _same_but_the_ratio(lazy, eager)
+        assert eager.value <= lazy.value <= th.error_ratio
+        assert lazy.notes[-1].startswith("passed without fair-esm's padded baseline")
+
+
+def test_error_ratio_with_nothing_at_hand_computes_every_baseline():
+    th = Thresholds()
+    oracle = oracle_outputs()
+    base = noisy(oracle, 1e-3, seed=311)
+    deferred = Deferred(base)
+    tested = noisy(oracle, 1e-3, seed=312)
+    lazy = error_ratio({"p": (tested, [deferred], torch.float32)}, oracle, th)
+    assert deferred.calls == 1
+    assert vars(lazy) == vars(error_ratio({"p": (tested, [base], torch.float32)}, oracle, th))
+
+
+@pytest.mark.parametrize("scale,calls,ok", [(2.0, 0, True), (6.0, 1, True), (12.0, 1, False)])
+def test_context_calls_a_deferred_baseline_only_where_the_bound_needs_it(scale, calls, ok):
+    """Three baselines of about equal error ``s``, one deferred: the two at hand bound the
+    pooled error from below by ``s sqrt(2/3)``."""
+    th = Thresholds()
+    oracle = oracle_outputs()[1]
+    bases = [noisy([oracle], 1e-3, seed=320 + i)[0] for i in range(3)]
+    first = noisy([oracle], 1e-3, seed=330)[0]
+    second = {layer: t + (scale * 1e-3) * randn(t.shape[0], seed=331 + layer, cols=t.shape[1])
+              for layer, t in first.items()}
+    deferred = Deferred(bases[2])
+    lazy = context({"packed float32": (first, second, [*bases[:2], deferred], torch.float32)},
+                   oracle, th, name="isolation", sequence=1)
+    eager = context({"packed float32": (first, second, bases, torch.float32)},
+                    oracle, th, name="isolation", sequence=1)
+    assert deferred.calls == calls
+    assert lazy.ok is eager.ok is ok
+    if calls:
+        assert vars(lazy) == vars(eager)
+    else:
+        _same_but_the_ratio(lazy, eager)
+        assert eager.value <= lazy.value <= th.context_ratio
+
+
+def _same_but_the_ratio(lazy, eager) -> None:
+    """The errors are the same; the ratio, an upper bound, is not below the eager one."""
+    ratio = eager.metric
+    assert lazy.metrics[ratio] >= eager.metrics[ratio]
+    assert ({k: v for k, v in lazy.metrics.items() if k != ratio}
+            == {k: v for k, v in eager.metrics.items() if k != ratio})
+    assert lazy.violations == eager.violations == []

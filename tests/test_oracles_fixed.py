@@ -19,6 +19,7 @@ from tests.oracle_tensors import (
     INSIDE,
     PAST,
     D,
+    Deferred,
     _gen,
     copy_outputs,
     randn,
@@ -399,17 +400,6 @@ def test_statistics_checks_every_path_and_sequence():
     assert all(v.startswith("padded: ") for v in verdict.violations)
 
 
-class _Lazy:
-    """A baseline given as a callable, counting its calls."""
-
-    def __init__(self, outputs):
-        self.outputs, self.calls = outputs, 0
-
-    def __call__(self):
-        self.calls += 1
-        return self.outputs
-
-
 def _same(lazy, eager) -> None:
     assert (lazy.ok, lazy.metrics, lazy.violations, lazy.worst) == (
         eager.ok, eager.metrics, eager.violations, eager.worst)
@@ -422,7 +412,7 @@ def test_precision_calls_a_callable_baseline_only_past_a_fixed_threshold(cos):
     th = Thresholds()
     ref = unit_reference(8, seed=105)
     own, cand = [{4: _turned(ref, 0.993, seed=106)}], [{4: _turned(ref, cos, seed=107)}]
-    lazy = _Lazy(own)
+    lazy = Deferred(own)
     verdict = precision(cand, [{4: ref}], th, baseline=lazy)
     eager = precision(cand, [{4: ref}], th, baseline=own)
     assert lazy.calls == (cos < 0.99)
@@ -550,9 +540,10 @@ def test_statistics_calls_a_callable_baseline_only_past_a_fixed_threshold(value)
     ref = _uniform(6, seed=205)
     base = [{6: ref + 0.02 * signs(6, seed=206)}]
     cand = {"packed": [{6: ref + value * signs(6, seed=207)}]}
-    lazy = _Lazy(base)
+    lazy = Deferred(base)
     verdict = statistics(cand, [{6: ref}], th, layer=6, baseline=lazy)
     eager = statistics(cand, [{6: ref}], th, layer=6, baseline=base)
     assert lazy.calls == (value > 0.01)
     assert verdict.ok is (value < 0.06)
     _same(verdict, eager)
+
