@@ -60,6 +60,8 @@ def measure(model: str, device: str, samples: int, seed: int) -> dict:
     result = {}
     for prop in PROPERTIES:
         counts.clear()
+        if hasattr(harness, "kept"):  # nothing kept from another property's checks
+            harness.kept.clear()
         for seqs in packs:
             target = rng.randrange(len(seqs))
             sample = {
