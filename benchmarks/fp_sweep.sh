@@ -9,6 +9,8 @@
 # every one is stopped at $HARD seconds; rows are JSON lines in OUT_DIR, written as
 # they finish, with nvidia-smi samples in OUT_DIR/smi.csv.
 #     BUDGET=480 HARD=560 bash benchmarks/fp_sweep.sh PLAN OUT_DIR
+# FP_ARGS adds options to every false_positives.py (FP_ARGS=--deferred: baselines as a
+# fuzz run leaves them out).
 # With FAULTS=1 it instead runs the precision faults on the GPU (detection margins).
 set -u
 plan="$1"; out="${2:-fp}"; mkdir -p "$out"
@@ -25,7 +27,7 @@ gpu() {  # NAME MODEL CONTROLS -- JOB...
     left=$(( hard - ($(date +%s) - start) ))
     timeout "$left" python3 benchmarks/false_positives.py --budget "$budget" --examples 2 \
         --model "$model" --device "${DEVICE:-cuda}" --dtypes float16 bfloat16 --layers "$layers" \
-        --controls $controls "${jobs[@]}" --ready "$out/$name.ready" \
+        --controls $controls "${jobs[@]}" ${FP_ARGS:-} --ready "$out/$name.ready" \
         --json "$out/$name.jsonl" > /dev/null 2>> "$out/$name.log"
     echo "$name exit $? after $(( $(date +%s) - start )) s" >> "$out/log.txt"
 }

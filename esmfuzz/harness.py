@@ -170,6 +170,9 @@ class Harness:
         self.refused: dict[str, str] = {}
         """Implementations (``packed``/``padded``) that refused the FP32 reference with a
         TypeError: from then on only their candidate-dtype path is checked (``paths=auto``)."""
+        self.defer_baselines = True
+        """Whether noise bounds leave out the baselines a pass does not need (their ratios
+        are then upper bounds); a benchmark that records the exact ratios turns it off."""
         self.oracle_impl: Callable = oracle_forward
         """The oracle's forward: a seam for tests that make esmfuzz's own forwards fail."""
         kinds = self.under_test_kinds()

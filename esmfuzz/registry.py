@@ -118,7 +118,7 @@ def _error_ratio(harness, sample: Sample, layers) -> Verdict:
         ).items():
             outputs[f"{kind} {label}"] = result
     tested = {
-        path: (out, harness.baselines(model, seqs, layers, defer=True),
+        path: (out, harness.baselines(model, seqs, layers, defer=harness.defer_baselines),
                model.embed_tokens.weight.dtype)
         for path, (model, out) in outputs.items()
     }
@@ -172,7 +172,8 @@ def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdic
         pool holds independent samples of the noise that separates two contexts. A whole
         pack's reference not computed yet is deferred (``properties.context``)."""
         return [out[0] for out in harness.baselines(model, alone, layers)] + [
-            _row(harness.reference_packed(model, context, layers, defer=True), at)
+            _row(harness.reference_packed(model, context, layers,
+                                          defer=harness.defer_baselines), at)
             for context, at in contexts
         ]
 
