@@ -666,7 +666,7 @@ def context(
              for label, (first, second, bases, dtype) in paths.items()},
             oracle, thresholds, name=name, sequence=sequence),
         [bases for _, _, bases, _ in paths.values()],
-        "esmfuzz's packed reference in the whole pack",
+        "the baselines of the sequence alone and in its contexts it did not need",
     )
 
 

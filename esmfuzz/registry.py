@@ -169,11 +169,12 @@ def _context(harness, sample: Sample, layers, *, kind: str, name: str) -> Verdic
     def baselines(model):
         """The target alone (fair-esm padded, packed reference), and the packed reference
         in each context: packs of other sizes round the linear layers differently, so the
-        pool holds independent samples of the noise that separates two contexts. A whole
-        pack's reference not computed yet is deferred (``properties.context``)."""
-        return [out[0] for out in harness.baselines(model, alone, layers)] + [
-            _row(harness.reference_packed(model, context, layers,
-                                          defer=harness.defer_baselines), at)
+        pool holds independent samples of the noise that separates two contexts. fair-esm's
+        forward and a whole pack's reference not computed yet are deferred
+        (``properties.context``)."""
+        defer = harness.defer_baselines
+        return [_row(out, 0) for out in harness.baselines(model, alone, layers, defer=defer)] + [
+            _row(harness.reference_packed(model, context, layers, defer=defer), at)
             for context, at in contexts
         ]
 
