@@ -28,6 +28,9 @@
 #               cost-based padded batches that were not kept, without 247d5f2's cap);
 #               run again with .whl/prev at 01d5da1 (git archive 01d5da1) for the kept
 #               outputs and lazy baselines: "new prev new", "prev new", "prev" (an H100)
+#               IMPL=tests.impls.packed:blockdiag_packed runs a packed forward other than
+#               esmfuzz's reference under test, as a user's run does (the packed
+#               reference is then a forward of its own, not the tested output)
 #   650M-workers this tree, 650M, 10 s per target, one run per entry of WORKERS (default
 #               "auto 6 auto"; 3 runs fit one call; then "6 auto 6"): on an H200 auto is 8
 #               under MPS, and 8 were not faster than 6 on an H100 in another session
@@ -81,10 +84,11 @@ case $part in
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers auto --runs "${RUNS:-2}" --trees .whl/prev . ;;
     650M-buckets) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 10)
+          U=(); [ -n "${IMPL:-}" ] && U=(-- --esm-packed-impl "$IMPL")
           ckpt esm2_t33_650M_UR50D
           for tree in ${ORDER:-prev new prev}; do
-              if [ "$tree" = prev ]; then b "${M[@]}" --workers auto --trees .whl/prev
-              else b "${M[@]}" --workers auto; fi
+              if [ "$tree" = prev ]; then b "${M[@]}" --workers auto --trees .whl/prev ${U[@]+"${U[@]}"}
+              else b "${M[@]}" --workers auto ${U[@]+"${U[@]}"}; fi
           done ;;
     650M-workers) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 10)
           ckpt esm2_t33_650M_UR50D
