@@ -1,4 +1,5 @@
-"""benchmarks/kept_outputs.py counts the tokens each dtype computes, kept and recomputed."""
+"""benchmarks/kept_outputs.py counts the tokens each dtype computes, with and without a
+saving (kept outputs, deferred baselines)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,18 @@ def test_kept_outputs_compute_no_more_tokens_and_no_other_verdict(esmfuzz_cache,
 def test_kept_outputs_benchmark_names_an_unknown_target():
     with pytest.raises(SystemExit):
         benchmark("kept_outputs").main(["--targets", "error_ratio[everything]"])
+
+
+def test_deferred_baselines_compute_fewer_tokens_and_no_other_verdict(esmfuzz_cache, capsys):
+    """With a user's packed forward under test, error_ratio's passes skip fair-esm's padded
+    forward in both dtypes; the benchmark stops on any verdict that differs but in a pass's
+    ratio."""
+    benchmark("kept_outputs").main(["--compare", "deferred", "--examples", "3", "--seeds", "1",
+                                    "--targets", "error_ratio[short]", "--packed-impl",
+                                    "tests.impls.packed:tiled_packed"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "every baseline -> deferred" in lines[0] and "tiled_packed" in lines[0]
+    for dtype in ("float16", "float32"):
+        line = next(line for line in lines if line.strip().startswith(f"{dtype}:"))
+        before, after = (float(x) for x in line.split(":")[1].split("(")[0].split("->"))
+        assert 0 < after < before
