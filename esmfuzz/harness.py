@@ -336,8 +336,9 @@ class Harness:
         a noise bound calls it only where it fails without it (``properties.error_ratio``).
         """
         padded = functools.partial(self.baseline, model, sequences, layers)
-        held = self._holds(_padded_key(padded_forward, model, sequences, layers, True))
-        return [padded if defer and not held else padded(),
+        deferred = defer and not self._holds(
+            _padded_key(padded_forward, model, sequences, layers, True))
+        return [padded if deferred else padded(),
                 self.reference_packed(model, sequences, layers)]
 
     def reference_packed(self, model, sequences: Sequence[str], layers, *,
@@ -346,8 +347,9 @@ class Harness:
         with ``defer``, a callable unless this check holds it already."""
         run = functools.partial(self._run_packed, packed_forward, model, sequences, layers,
                                 trusted=True)
-        held = self._holds(_packed_key(packed_forward, model, sequences, layers))
-        return run if defer and not held else run()
+        deferred = defer and not self._holds(
+            _packed_key(packed_forward, model, sequences, layers))
+        return run if deferred else run()
 
     def _holds(self, key: tuple) -> bool:
         """Whether the check in progress has computed the forward of memo ``key``, as the

@@ -546,4 +546,3 @@ def test_statistics_calls_a_callable_baseline_only_past_a_fixed_threshold(value)
     assert lazy.calls == (value > 0.01)
     assert verdict.ok is (value < 0.06)
     _same(verdict, eager)
-
