@@ -28,6 +28,7 @@
 #               cost-based padded batches that were not kept, without 247d5f2's cap);
 #               run again with .whl/prev at 01d5da1 (git archive 01d5da1) for the kept
 #               outputs and lazy baselines: "new prev new", "prev new", "prev" (an H100)
+#               SLICE=15 gives each target 15 s, as the issue measured (2 runs fit a call)
 #               IMPL=tests.impls.packed:blockdiag_packed runs a packed forward other than
 #               esmfuzz's reference under test, as a user's run does (the packed
 #               reference is then a forward of its own, not the tested output)
@@ -83,7 +84,7 @@ case $part in
     650M-finite) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 10)
           ckpt esm2_t33_650M_UR50D
           b "${M[@]}" --workers auto --runs "${RUNS:-2}" --trees .whl/prev . ;;
-    650M-buckets) M=(--model synthetic:esm2_t33_650M_UR50D --seconds 10)
+    650M-buckets) M=(--model synthetic:esm2_t33_650M_UR50D --seconds "${SLICE:-10}")
           U=(); [ -n "${IMPL:-}" ] && U=(-- --esm-packed-impl "$IMPL")
           ckpt esm2_t33_650M_UR50D
           for tree in ${ORDER:-prev new prev}; do
