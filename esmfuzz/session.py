@@ -8,6 +8,7 @@ per process holds the configuration, the corpus and what the run saw (:class:`Re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ from esmfuzz.triage import Claims, Known, signature
 
 __all__ = ["Session", "Shrunk", "SliceOver", "Soak", "applies", "check_example", "fuzz",
            "replay_open_case", "save_failure",
-           "seeded", "target_id", "unchecked_message"]
+           "seeded", "target_id", "unchecked_message", "without_pareto_front"]
 
 
 class Session(Record):
@@ -576,12 +577,51 @@ def fuzz(session: Session, prop: str, stratum: str, *, chosen_seed: int | None =
     if session.soak is not None:
         session.soak.begin(name)
     try:
-        test()
+        with without_pareto_front():
+            test()
     except SliceOver:
         pass
     except Shrunk as done:
         return str(done)
     return unchecked_message(session, prop, stratum)
+
+
+@contextlib.contextmanager
+def without_pareto_front():
+    """Hypothesis runs started inside keep no Pareto front of their targeted examples.
+
+    Where a database is set (the soak profile), Hypothesis keeps the front of examples that
+    trade ``target()`` score against simplicity, saves each new member to the database and
+    replays them all when the target starts again. Each example then costs up to about
+    twenty dominance tests, each computing the shortlex key of two examples' every choice
+    (a protein sequence's is a big integer built residue by residue): 6-53 ms per example
+    of esmfuzz's strategies on a CPU core, against 3-37 without
+    (``benchmarks/pareto_cost.py``); and each soak slice began by re-checking the
+    previous slices' front (38 examples after one 40-s slice of ``error_ratio[short]``).
+    esmfuzz saves failures to its corpus and replays them first; the target phase climbs
+    from Hypothesis's best example per label, which does not need the front. Runs outside
+    (another test of the session) are untouched; a Hypothesis without this internal is
+    left as it is.
+    """
+    try:
+        from hypothesis.internal.conjecture import engine
+        from hypothesis.internal.conjecture.pareto import ParetoFront
+    except ImportError:
+        yield
+        return
+    if getattr(engine, "ParetoFront", None) is not ParetoFront:
+        yield
+        return
+
+    class EmptyFront(ParetoFront):
+        def add(self, data) -> bool:
+            return False
+
+    engine.ParetoFront = EmptyFront
+    try:
+        yield
+    finally:
+        engine.ParetoFront = ParetoFront
 
 
 def applies(case: Case, config: Config) -> bool:

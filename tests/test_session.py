@@ -39,3 +39,59 @@ def test_a_case_records_the_weights_not_the_words():
     assert parse_spec("synthetic:esm2_t6_8M_UR50D?seed=2&profile=random").weights == (
         "synthetic:esm2_t6_8M_UR50D?seed=2&profile=random")
     assert parse_spec("esm2_t6_8M_UR50D").weights == "esm2_t6_8M_UR50D"
+
+
+# --- Hypothesis's Pareto front is not kept for esmfuzz's fuzz targets ---------------------
+
+
+def _targeted_run(directory: Path, wrap) -> list[bytes]:
+    """The database keys a targeted Hypothesis run (60 examples, a database) wrote to. Not
+    seeded: Hypothesis writes no database for a test under ``@seed``. The first example
+    always joins an empty front, so a plain run always saves one."""
+    from hypothesis import given, settings, target
+    from hypothesis import strategies as st
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    database = DirectoryBasedExampleDatabase(str(directory))
+
+    @settings(max_examples=60, database=database)
+    @given(st.lists(st.integers(0, 1000), min_size=1, max_size=20))
+    def test(values):
+        target(float(sum(values)), label="score")
+
+    with wrap():
+        test()
+    return [key for key in database.fetch(b".hypothesis-keys")
+            if any(database.fetch(key))]
+
+
+def test_fuzz_targets_keep_no_pareto_front(tmp_path):
+    """Where a database is set, Hypothesis saves the front of targeted examples, to replay
+    at the next start; esmfuzz's targets run without it (each example paid 5-45 ms for
+    it on one core, ``benchmarks/pareto_cost.py``)."""
+    import contextlib
+
+    from hypothesis.internal.conjecture import engine
+    from hypothesis.internal.conjecture.pareto import ParetoFront
+
+    from esmfuzz.session import without_pareto_front
+
+    plain = _targeted_run(tmp_path / "plain", contextlib.nullcontext)
+    assert any(key.endswith(b".pareto") for key in plain), plain
+    assert _targeted_run(tmp_path / "esmfuzz", without_pareto_front) == []
+    assert engine.ParetoFront is ParetoFront
+
+
+def test_the_pareto_front_comes_back_after_a_target_that_raised():
+    from hypothesis.internal.conjecture import engine
+    from hypothesis.internal.conjecture.pareto import ParetoFront
+
+    from esmfuzz.session import without_pareto_front
+
+    try:
+        with without_pareto_front():
+            assert engine.ParetoFront is not ParetoFront
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert engine.ParetoFront is ParetoFront

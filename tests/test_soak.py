@@ -166,6 +166,18 @@ def test_soak_statistics_are_complete_json(clean_soak):
     assert cases(root) == []
 
 
+def test_the_soak_database_holds_no_pareto_front(clean_soak):
+    """Each slice would replay the front saved by the last (``esmfuzz.session.
+    without_pareto_front``); the database keeps what Hypothesis saves otherwise."""
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    root, _ = clean_soak
+    database = DirectoryBasedExampleDatabase(str(root / ".hypothesis" / "examples"))
+    keys = list(database.fetch(b".hypothesis-keys"))
+    assert keys, "the soak wrote nothing to its database"
+    assert not [key for key in keys if key.endswith(b".pareto")], keys
+
+
 def test_report_of_a_real_soak(clean_soak):
     from esmfuzz.report import write_report
 
