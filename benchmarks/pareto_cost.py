@@ -22,6 +22,7 @@ Hypothesis keeps as it keeps any example that raised, and the database's list of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import statistics
 import sys
@@ -73,13 +74,10 @@ def run_target(strategy, mode: str, seconds: float) -> tuple[int, float, int]:
             if time.perf_counter() - start > seconds:
                 raise _Spent
 
+        front = contextlib.nullcontext() if mode == "front" else without_pareto_front()
         try:
-            with with_reporter(lambda text: None):
-                if mode == "front":
-                    test()
-                else:
-                    with without_pareto_front():
-                        test()
+            with with_reporter(lambda text: None), front:
+                test()
         except _Spent:
             pass
         wall = time.perf_counter() - start
