@@ -594,8 +594,8 @@ def without_pareto_front():
     trade ``target()`` score against simplicity, saves each new member to the database and
     replays them all when the target starts again. Each example then costs up to about
     twenty dominance tests, each computing the shortlex key of two examples' every choice
-    (a protein sequence's is a big integer built residue by residue): 6-53 ms per example
-    of esmfuzz's strategies on a CPU core, against 3-37 without
+    (a protein sequence's is a big integer built residue by residue): 11-70 ms per example
+    of esmfuzz's strategies on a CPU core, against 4-33 without
     (``benchmarks/pareto_cost.py``); and each soak slice began by re-checking the
     previous slices' front (38 examples after one 40-s slice of ``error_ratio[short]``).
     esmfuzz saves failures to its corpus and replays them first; the target phase climbs

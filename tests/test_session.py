@@ -67,7 +67,7 @@ def _targeted_run(directory: Path, wrap) -> list[bytes]:
 
 def test_fuzz_targets_keep_no_pareto_front(tmp_path):
     """Where a database is set, Hypothesis saves the front of targeted examples, to replay
-    at the next start; esmfuzz's targets run without it (each example paid 5-45 ms for
+    at the next start; esmfuzz's targets run without it (each example paid 7-46 ms for
     it on one core, ``benchmarks/pareto_cost.py``)."""
     import contextlib
 
