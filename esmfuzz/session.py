@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hypothesis import event, seed, target
 from hypothesis.control import current_build_context
+from hypothesis.database import ExampleDatabase
 
 from esmfuzz.alphabet import residue_count
 from esmfuzz.config import Config, dtype_name, hypothesis_settings
@@ -69,6 +70,11 @@ class Session(Record):
     def start_soak(self, soak: Soak | None) -> None:
         self.soak = soak
         self.log = soak.log if soak is not None else None
+        if soak is not None and self.settings.database is not None:
+            from hypothesis import settings
+
+            self.settings = settings(self.settings,
+                                     database=_SliceDatabase(self.settings.database, soak))
 
     def corpus(self) -> tuple[list[tuple[Path, Case]], list[CorpusError]]:
         if self._corpus is None:
@@ -155,6 +161,39 @@ class SliceOver(unittest.SkipTest):
     exceptions at once, without counting a failure or shrinking."""
 
 
+class _SliceDatabase(ExampleDatabase):
+    """The run's example database, less the example each soak slice ends on.
+
+    Hypothesis saves the example of any exception it re-raises, :class:`SliceOver`'s too,
+    and replays every saved example when the target starts again: each slice of every
+    process sharing the database would begin by checking again, as new examples, the ones
+    the last slices stopped on. Failures and everything else are saved as before.
+    """
+
+    def __init__(self, database: ExampleDatabase, soak: Soak):
+        super().__init__()
+        self._database = database
+        self._soak = soak
+
+    def __repr__(self) -> str:
+        return repr(self._database)
+
+    def save(self, key: bytes, value: bytes) -> None:
+        if self._soak.ending:
+            self._soak.ending = False
+            return
+        self._database.save(key, value)
+
+    def fetch(self, key: bytes):
+        yield from self._database.fetch(key)
+
+    def delete(self, key: bytes, value: bytes) -> None:
+        self._database.delete(key, value)
+
+    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        self._database.move(src, dest, value)
+
+
 class Soak:
     """A soak process's share of the run: its time slice per target, its statistics log,
     and a stop asked for by SIGTERM or SIGINT (the example in flight ends, a failure being
@@ -164,6 +203,9 @@ class Soak:
         self.slice = slice_seconds
         self.log = log
         self.stopping = False
+        self.ending = False
+        """A :class:`SliceOver` is on its way out: Hypothesis's save of its example is
+        dropped (:class:`_SliceDatabase`)."""
         self.target_started = time.monotonic()
         if slice_seconds is not None:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -198,6 +240,7 @@ class Soak:
 
     def begin(self, target: str) -> None:
         self.target_started = time.monotonic()
+        self.ending = False
         if self.log is not None:
             self.log.begin(target)
 
@@ -250,6 +293,7 @@ def check_example(
             f"--esm-shrink-seconds {budget:g}")
         return None
     if not shrinking and not final and session.soak is not None and session.soak.over():
+        session.soak.ending = True
         raise SliceOver("the soak slice is over")
     started = time.perf_counter()
     phases = dict(harness.timings) if harness.timings is not None else None
@@ -583,6 +627,9 @@ def fuzz(session: Session, prop: str, stratum: str, *, chosen_seed: int | None =
         pass
     except Shrunk as done:
         return str(done)
+    finally:
+        if session.soak is not None:
+            session.soak.ending = False
     return unchecked_message(session, prop, stratum)
 
 
